@@ -1,0 +1,45 @@
+"""One front door: build a model from a config name, a config dict, or a checkpoint path."""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from recon_serve.model.checkpoint import read_checkpoint
+from recon_serve.model.recon import ReCon, ReConConfig
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "default" / "recon_default.pt"
+
+
+def list_configs() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("recon_serve.model.configs").iterdir() if p.name.endswith(".json"))
+
+
+def load_config(name: str, **overrides) -> ReConConfig:
+    path = resources.files("recon_serve.model.configs") / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"unknown config {name!r}; available: {', '.join(list_configs())}")
+    return ReConConfig(**{**json.loads(path.read_text()), **overrides})
+
+
+def create_model(name_or_path: str | Path | None = None, **overrides):
+    """A config name ('tiny') gives a fresh model; a checkpoint path gives the trained one (eval mode).
+
+    Returns (model, checkpoint dict or None).
+    """
+    if name_or_path is None:
+        name_or_path = DEFAULT_CHECKPOINT
+    if isinstance(name_or_path, (str, Path)) and str(name_or_path) in list_configs():
+        return ReCon(load_config(str(name_or_path), **overrides)), None
+    path = Path(name_or_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: neither a config name ({', '.join(list_configs())}) nor a checkpoint file")
+    ckpt = read_checkpoint(path)
+    defaults = ReConConfig().to_dict()
+    cfg = ReConConfig(**{**defaults, **ckpt["config"], **overrides})
+    model = ReCon(cfg)
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    bad = [k for k in missing if not k.startswith(("mask_token", "decoder", "rebuild", "logit_scale", "text_proj", "img_proj"))]
+    if bad or unexpected:
+        raise ValueError(f"checkpoint does not fit the model: missing {bad[:5]}, unexpected {list(unexpected)[:5]}")
+    return model.eval(), ckpt

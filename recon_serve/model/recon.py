@@ -1,0 +1,232 @@
+"""ReCon ("Contrast with Reconstruct", ICML 2023) in plain PyTorch, CPU or CUDA alike.
+
+One module holds the whole model: grouping, the mini-PointNet patch embedding, the transformer of
+ReCon blocks (local tokens + global queries joined by stop-gradient cross-attention), the masked
+reconstruction decoder, the teacher projections and the classification head. Training objectives
+live here too so that training, export and serving run the same code.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recon_serve.geometry.group import group
+from recon_serve.model.layers import Block, ReConBlock
+
+QUERY_NAMES = ("cls", "img", "text")
+
+
+@dataclass
+class ReConConfig:
+    """Architecture and pretraining hyper-parameters (mirrors qizekun/ReCon cfgs/pretrain/*.yaml)."""
+
+    name: str = "tiny"
+    trans_dim: int = 192
+    encoder_dims: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    decoder_depth: int = 4
+    decoder_num_heads: int = 3
+    group_size: int = 32
+    num_group: int = 64
+    num_points: int = 1024
+    mask_ratio: float = 0.6
+    drop_path_rate: float = 0.1
+    text_dim: int = 384  # output size of the text teacher (all-MiniLM-L6-v2: 384)
+    img_dim: int = 0  # 0: no image teacher; set to the image teacher's size to add the img projection
+    cls_hidden: int = 256
+    num_classes: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def chamfer_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Chamfer distance (squared L2, both directions, averaged) between point sets [B,N,3] and [B,M,3]."""
+    d = torch.cdist(a, b).pow(2)
+    return d.min(2).values.mean() + d.min(1).values.mean()
+
+
+class _PointBN(nn.BatchNorm1d):
+    """BatchNorm over the channels of a [..., C] tensor (points in rows)."""
+
+    def forward(self, x):
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+class MiniPointNet(nn.Module):
+    """Per-patch PointNet: shared MLP, max-pool, concat the pooled feature back, MLP, max-pool.
+
+    The shared MLPs are Linear layers on channels-last points rather than the paper's 1x1 Conv1d:
+    the same maths (official Conv1d weights map by dropping their last axis), but on CPU a matmul
+    runs several times faster than a 1x1 convolution, backward included.
+    """
+
+    def __init__(self, out_dim: int):
+        super().__init__()
+        self.out_dim = out_dim
+        self.first_conv = nn.Sequential(nn.Linear(3, 128), _PointBN(128), nn.ReLU(inplace=True), nn.Linear(128, 256))
+        self.second_conv = nn.Sequential(nn.Linear(512, 512), _PointBN(512), nn.ReLU(inplace=True), nn.Linear(512, out_dim))
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        B, G, S, _ = patches.shape
+        x = self.first_conv(patches.reshape(B * G, S, 3))
+        x = torch.cat([x.max(1, keepdim=True).values.expand(-1, S, -1), x], dim=-1)
+        x = self.second_conv(x).max(1).values
+        return x.reshape(B, G, self.out_dim)
+
+
+class ReConEncoder(nn.Module):
+    """Patch embedding + positional embedding + ReCon blocks; returns (global queries, local tokens)."""
+
+    def __init__(self, cfg: ReConConfig):
+        super().__init__()
+        C = cfg.trans_dim
+        if cfg.encoder_dims != C:
+            raise ValueError("encoder_dims must equal trans_dim (as in every official config)")
+        self.patch_embed = MiniPointNet(C)
+        self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, C))
+        nq = len(QUERY_NAMES)
+        self.query_tokens = nn.Parameter(torch.zeros(1, nq, C))
+        self.query_pos = nn.Parameter(torch.zeros(1, nq, C))
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(ReConBlock(C, cfg.num_heads, nq, dpr[i]) for i in range(cfg.depth))
+        self.norm = nn.LayerNorm(C)
+        nn.init.trunc_normal_(self.query_tokens, std=0.02)
+        nn.init.trunc_normal_(self.query_pos, std=0.02)
+
+    def forward(self, patches, centres, visible: torch.Tensor | None = None, stop_grad: bool = True):
+        """patches [B,G,S,3], centres [B,G,3]; `visible` [B,G] bool keeps only unmasked patches."""
+        tokens = self.patch_embed(patches)
+        pos = self.pos_embed(centres)
+        B, _, C = tokens.shape
+        if visible is not None:
+            tokens = tokens[visible].reshape(B, -1, C)
+            pos = pos[visible].reshape(B, -1, C)
+        x = torch.cat([self.query_tokens.expand(B, -1, -1), tokens], dim=1)
+        pos = torch.cat([self.query_pos.expand(B, -1, -1), pos], dim=1)
+        for blk in self.blocks:
+            x = blk(x + pos, stop_grad=stop_grad)
+        x = self.norm(x)
+        nq = len(QUERY_NAMES)
+        return x[:, :nq], x[:, nq:]
+
+
+class ReCon(nn.Module):
+    """The full model. `forward(points)` gives logits and the text-aligned global embedding."""
+
+    def __init__(self, cfg: ReConConfig):
+        super().__init__()
+        self.cfg = cfg
+        C = cfg.trans_dim
+        self.encoder = ReConEncoder(cfg)
+        # masked reconstruction decoder (pretraining only)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, C))
+        self.decoder_pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, C))
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.decoder_depth).tolist()
+        self.decoder = nn.ModuleList(Block(C, cfg.decoder_num_heads, dpr[i]) for i in range(cfg.decoder_depth))
+        self.decoder_norm = nn.LayerNorm(C)
+        self.rebuild = nn.Linear(C, 3 * cfg.group_size)
+        # teacher projections for the global queries
+        self.text_proj = nn.Linear(C, cfg.text_dim)
+        self.img_proj = nn.Linear(C, cfg.img_dim) if cfg.img_dim else None
+        self.logit_scale = nn.Parameter(torch.tensor(2.659))  # log(1/0.07), as CLIP
+        # classification head on [cls, img, text, max-pooled tokens]
+        self.cls_head = None
+        if cfg.num_classes:
+            self.set_num_classes(cfg.num_classes)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.apply(_init_weights)
+
+    def set_num_classes(self, n: int) -> None:
+        """(Re)build the classification head for n classes."""
+        C, H = self.cfg.trans_dim, self.cfg.cls_hidden
+        self.cfg.num_classes = n
+        self.cls_head = nn.Sequential(
+            nn.Linear(4 * C, H), nn.BatchNorm1d(H), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(H, H), nn.BatchNorm1d(H), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(H, n),
+        )
+        self.cls_head.apply(_init_weights)
+
+    # ---- inference -------------------------------------------------------------------------
+    def group(self, points: torch.Tensor):
+        return group(points, self.cfg.num_group, self.cfg.group_size)
+
+    def features(self, points: torch.Tensor, stop_grad: bool = True):
+        patches, centres = self.group(points)
+        return self.encoder(patches, centres, stop_grad=stop_grad)
+
+    def head_logits(self, queries, tokens) -> torch.Tensor:
+        feat = torch.cat([queries.flatten(1), tokens.max(1).values], dim=-1)
+        return self.cls_head(feat)
+
+    def text_embedding(self, queries) -> torch.Tensor:
+        """The text query projected into the text teacher's space, unit length: the global embedding."""
+        return F.normalize(self.text_proj(queries[:, QUERY_NAMES.index("text")]), dim=-1)
+
+    def forward(self, points: torch.Tensor) -> dict:
+        queries, tokens = self.features(points)
+        out = {"embedding": self.text_embedding(queries)}
+        if self.cls_head is not None:
+            out["logits"] = self.head_logits(queries, tokens)
+        return out
+
+    # ---- training objectives ----------------------------------------------------------------
+    def random_mask(self, B: int, G: int, device) -> torch.Tensor:
+        """[B,G] bool, True = masked; exactly round(ratio*G) masked per cloud."""
+        n_mask = int(self.cfg.mask_ratio * G)
+        order = torch.rand(B, G, device=device).argsort(1)
+        mask = torch.zeros(B, G, dtype=torch.bool, device=device)
+        mask.scatter_(1, order[:, :n_mask], True)
+        return mask
+
+    def reconstruction_loss(self, patches, centres, tokens_vis, mask) -> torch.Tensor:
+        B, G, S, _ = patches.shape
+        C = tokens_vis.shape[-1]
+        pos_vis = self.decoder_pos_embed(centres[~mask]).reshape(B, -1, C)
+        pos_mask = self.decoder_pos_embed(centres[mask]).reshape(B, -1, C)
+        M = pos_mask.shape[1]
+        x = torch.cat([tokens_vis, self.mask_token.expand(B, M, -1)], dim=1)
+        pos = torch.cat([pos_vis, pos_mask], dim=1)
+        for blk in self.decoder:
+            x = blk(x + pos)
+        x = self.decoder_norm(x[:, -M:])
+        pred = self.rebuild(x).reshape(B * M, S, 3)
+        return chamfer_l2(pred, patches[mask].reshape(B * M, S, 3))
+
+    def contrastive_loss(self, queries, text_targets: torch.Tensor, target_ids: torch.Tensor) -> dict:
+        """Distil (smooth-L1, as the paper) and contrast (InfoNCE over the batch's distinct texts).
+
+        text_targets [T, D] are teacher features of the distinct texts in the batch; target_ids [B]
+        says which one belongs to each sample.
+        """
+        proj = self.text_proj(queries[:, QUERY_NAMES.index("text")])
+        teacher = text_targets[target_ids]
+        distil = F.smooth_l1_loss(proj, teacher)
+        logits = self.logit_scale.exp().clamp(max=100) * F.normalize(proj, dim=-1) @ F.normalize(text_targets, dim=-1).T
+        return {"csc_text": distil, "contrast": F.cross_entropy(logits, target_ids)}
+
+    def pretrain_losses(self, points, text_targets=None, target_ids=None) -> dict:
+        patches, centres = self.group(points)
+        B, G = centres.shape[:2]
+        mask = self.random_mask(B, G, points.device)
+        queries, tokens = self.encoder(patches, centres, visible=~mask, stop_grad=True)
+        losses = {"mdm": self.reconstruction_loss(patches, centres, tokens, mask)}
+        if text_targets is not None:
+            losses.update(self.contrastive_loss(queries, text_targets, target_ids))
+        return losses
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, (nn.Linear, nn.Conv1d)):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.LayerNorm, nn.BatchNorm1d)):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

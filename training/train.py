@@ -1,0 +1,165 @@
+"""Pretraining (ReCon objective) and fine-tuning (classification) with one resumable loop.
+
+Single process:   python -m training.cli pretrain --config tiny --run runs/tiny
+Several GPUs:     torchrun --nproc_per_node 4 -m training.cli finetune --init runs/tiny/pretrain.pt ...
+Each epoch writes <run>/<stage>.state.pt (model, EMA, optimiser, RNG) atomically, so a killed run
+resumes where it stopped; losses go to <run>/<stage>.log.jsonl, one line per epoch.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from recon_serve.evaluate import evaluate
+from recon_serve.model.checkpoint import save_checkpoint
+from recon_serve.model.text import TEMPLATES, class_text, load_teacher
+from recon_serve.runtime import autocast_context, default_device
+from training.augment import scale_and_translate, shuffle_points
+
+
+@dataclass
+class Recipe:
+    stage: str = "finetune"  # pretrain | finetune
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_epochs: int = 2
+    label_smoothing: float = 0.1
+    contrast_weight: float = 1.0  # text contrast kept during fine-tuning so the embedding stays text-aligned
+    ema: float = 0.999
+    seed: int = 0
+    eval_every: int = 0  # 0: evaluate only at the end
+
+
+def _dist_info():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def text_features(class_names, teacher) -> torch.Tensor:
+    """[K, T, D] teacher features of every class under every prompt template."""
+    prompts = [t.format(class_text(c)) for c in class_names for t in TEMPLATES]
+    return teacher(prompts).reshape(len(class_names), len(TEMPLATES), -1)
+
+
+def _lr_at(step: float, total: float, warmup: float, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1.0, total - warmup)))
+
+
+def _atomic_save(obj, path: Path):
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, teacher=None, log=print, progress=True):
+    """Run (or resume) one stage; returns the EMA model. `data` is (points [N,P,3], labels [N])."""
+    rank, world = _dist_info()
+    device = default_device()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / f"{recipe.stage}.state.pt"
+    log_path = run_dir / f"{recipe.stage}.log.jsonl"
+    torch.manual_seed(recipe.seed + rank)
+    random.seed(recipe.seed + rank)
+    np.random.seed(recipe.seed + rank)
+
+    teacher = teacher or load_teacher()
+    feats = text_features(class_names, teacher).to(device)
+    points, labels = torch.from_numpy(data[0]), torch.from_numpy(data[1])
+    model.to(device)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (no_decay if p.dim() <= 1 or "token" in n or "pos" in n.split(".")[-1] else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+
+    start_epoch = 0
+    if state_path.exists():
+        st = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
+        torch.set_rng_state(st["rng"])
+        start_epoch = st["epoch"]
+        log(f"[{recipe.stage}] resuming at epoch {start_epoch}/{recipe.epochs} from {state_path}")
+
+    steps_per_epoch = len(points) // (recipe.batch_size * world)
+    total = steps_per_epoch * recipe.epochs
+    for epoch in range(start_epoch, recipe.epochs):
+        model.train()
+        order = torch.randperm(len(points))[rank::world]
+        sums: dict[str, float] = {}
+        t0 = time.time()
+        bar = tqdm(range(steps_per_epoch), desc=f"{recipe.stage} {epoch + 1}/{recipe.epochs}", disable=not progress or rank, leave=False)
+        for it in bar:
+            idx = order[it * recipe.batch_size : (it + 1) * recipe.batch_size]
+            x = shuffle_points(scale_and_translate(points[idx].to(device)))
+            y = labels[idx].to(device)
+            tpl = torch.randint(len(TEMPLATES), (feats.shape[0],), device=device)
+            cands = feats[torch.arange(feats.shape[0], device=device), tpl]  # one prompt per class this step
+            lr = _lr_at(epoch * steps_per_epoch + it, total, recipe.warmup_epochs * steps_per_epoch, recipe.lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with autocast_context(device):
+                if recipe.stage == "pretrain":
+                    losses = model.pretrain_losses(x, cands, y)
+                else:
+                    queries, tokens = model.features(x, stop_grad=False)
+                    losses = {"ce": F.cross_entropy(model.head_logits(queries, tokens).float(), y, label_smoothing=recipe.label_smoothing)}
+                    c = model.contrastive_loss(queries.float(), cands, y)
+                    losses["contrast"] = recipe.contrast_weight * c["contrast"]
+            loss = sum(v.float() for v in losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch} step {it}: {losses}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
+            with torch.no_grad():
+                d = min(recipe.ema, (1 + epoch * steps_per_epoch + it) / (10 + epoch * steps_per_epoch + it))
+                for pe, pm in zip(ema.state_dict().values(), model.state_dict().values()):
+                    if pe.dtype.is_floating_point:
+                        pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+                    else:
+                        pe.copy_(pm)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.2e}")
+        rec = {"epoch": epoch + 1, "lr": lr, "seconds": round(time.time() - t0, 1), **{k: v / steps_per_epoch for k, v in sums.items()}}
+        if test_data is not None and recipe.eval_every and (epoch + 1) % recipe.eval_every == 0 and rank == 0:
+            rec["eval_ema"] = evaluate(ema, test_data[0], test_data[1], class_names, teacher)
+        if rank == 0:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            log(json.dumps(rec))
+            _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                          "rng": torch.get_rng_state(), "epoch": epoch + 1, "recipe": asdict(recipe)}, state_path)
+    return ema
+
+
+def write_stage_checkpoint(path, model, class_names, recipe: Recipe, history: list, metrics=None):
+    save_checkpoint(path, model, class_names=class_names, teacher=load_teacher().name,
+                    recipe={"stages": history + [asdict(recipe)]}, metrics=metrics)
