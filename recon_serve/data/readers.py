@@ -1,12 +1,30 @@
-"""Point-cloud file readers that need no mesh library (PCD)."""
+"""The project's one place that turns point-cloud and mesh files into float32 numpy arrays.
+
+Readers never normalise: that is `recon_serve.geometry.normalise.normalise`, applied by callers.
+"""
 from __future__ import annotations
 
+import io
+import os
+import re
+from pathlib import Path
+
 import numpy as np
+
+MESH_EXTS = (".obj", ".stl", ".ply", ".glb", ".gltf", ".3mf")
+SUPPORTED_EXTS = (".pcd", ".off", ".txt", ".npy") + MESH_EXTS
+
+
+def _read_bytes(path_or_bytes) -> bytes:
+    """Accept a path or the file's bytes, so servers can read uploads without temp files."""
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return bytes(path_or_bytes)
+    return Path(path_or_bytes).read_bytes()
 
 
 def read_pcd(path_or_bytes) -> np.ndarray:
     """Read x, y, z of a PCD v0.7 file (DATA ascii or binary) as float32 [N, 3]."""
-    data = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else open(path_or_bytes, "rb").read()
+    data = _read_bytes(path_or_bytes)
     header: dict[str, list[str]] = {}
     pos = 0
     while True:
@@ -40,3 +58,212 @@ def read_pcd(path_or_bytes) -> np.ndarray:
     dtype = np.dtype([(f"c{j}", f"<{code[t]}{s}") for j, (t, s) in enumerate(per_col)])
     rec = np.frombuffer(data, dtype=dtype, count=n, offset=pos)
     return np.stack([rec[f"c{i}"] for i in xyz_cols], axis=1).astype(np.float32)
+
+
+# ---------------------------------------------------------------- OFF (ModelNet meshes)
+
+_OFF_HEADER = re.compile(r"^[A-Z]*OFF(.*)$", re.IGNORECASE)
+
+
+def _off_lines(text: str) -> list[str]:
+    """Lines of an OFF file without comments (# to end of line) and blank lines."""
+    lines = (ln.split("#", 1)[0].strip() for ln in text.splitlines())
+    return [ln for ln in lines if ln]
+
+
+def _off_counts(lines: list[str]) -> tuple[int, int, int]:
+    """(V, F, index of first vertex line); copes with ModelNet's 'OFF490 518 0' header."""
+    m = _OFF_HEADER.match(lines[0]) if lines else None
+    if not m:
+        raise ValueError("not an OFF file: the first line must start with 'OFF'")
+    rest, start = m.group(1).split(), 1
+    if not rest:
+        if len(lines) < 2:
+            raise ValueError("truncated OFF file: no vertex/face counts")
+        rest, start = lines[1].split(), 2
+    try:
+        nv, nf = int(rest[0]), int(rest[1])
+    except (IndexError, ValueError) as e:
+        raise ValueError(f"invalid OFF counts line: {' '.join(rest)!r}") from e
+    if nv < 0 or nf < 0:
+        raise ValueError(f"invalid OFF counts: {nv} vertices, {nf} faces")
+    return nv, nf, start
+
+
+def _off_faces(lines: list[str], nv: int) -> np.ndarray:
+    """Triangles [F',3] from OFF face lines; polygons become fans, trailing colours ignored."""
+    tris: list[tuple[int, int, int]] = []
+    for ln in lines:
+        tok = ln.split()
+        try:
+            k = int(tok[0])
+            idx = [int(t) for t in tok[1:1 + k]]
+        except ValueError as e:
+            raise ValueError(f"invalid OFF face line: {ln!r}") from e
+        if k < 3 or len(idx) < k:
+            raise ValueError(f"invalid OFF face line (needs >= 3 indices): {ln!r}")
+        tris.extend((idx[0], idx[j], idx[j + 1]) for j in range(1, k - 1))
+    faces = np.array(tris, dtype=np.int64).reshape(-1, 3)
+    if faces.size and (faces.min() < 0 or faces.max() >= nv):
+        raise ValueError(f"OFF face index out of range for {nv} vertices")
+    return faces
+
+
+def read_off(path_or_bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices float32 [V,3], triangle faces int64 [F,3]) of a ModelNet-style OFF file."""
+    lines = _off_lines(_read_bytes(path_or_bytes).decode("latin-1"))
+    nv, nf, start = _off_counts(lines)
+    body = lines[start:]
+    if len(body) < nv + nf:
+        raise ValueError(f"truncated OFF file: expected {nv} vertices and {nf} faces, "
+                         f"found {len(body)} data lines")
+    try:
+        verts = np.array([ln.split()[:3] for ln in body[:nv]], dtype=np.float64).reshape(nv, 3)
+    except ValueError as e:
+        raise ValueError("invalid OFF vertex line (needs 3 numbers)") from e
+    if not np.isfinite(verts).all():
+        raise ValueError("OFF file has non-finite vertex coordinates")
+    return verts.astype(np.float32), _off_faces(body[nv:nv + nf], nv)
+
+
+# ---------------------------------------------------------------- data-set point formats
+
+def _loadtxt(path_or_bytes, delimiter=None) -> np.ndarray:
+    """A numeric text table as float64 [rows, cols], with a clear error if it is not one."""
+    text = _read_bytes(path_or_bytes).decode("latin-1").splitlines()
+    if not any(ln.strip() and not ln.lstrip().startswith("#") for ln in text):
+        raise ValueError("point table is empty")
+    try:
+        return np.loadtxt(text, dtype=np.float64, delimiter=delimiter, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"not a numeric point table: {e}") from e
+
+
+def read_modelnet40_txt(path_or_bytes, normals: bool = False) -> np.ndarray:
+    """modelnet40_normal_resampled 'x,y,z,nx,ny,nz' lines as float32 [N,3] (or [N,6] with normals)."""
+    arr = _loadtxt(path_or_bytes, delimiter=",")
+    cols = 6 if normals else 3
+    if arr.shape[1] < cols:
+        raise ValueError(f"ModelNet40 txt needs {cols} columns, found {arr.shape[1]}")
+    return arr[:, :cols].astype(np.float32)
+
+
+def read_shapenet55_npy(path_or_bytes) -> np.ndarray:
+    """A ShapeNet-55 .npy point cloud as float32 [N,3]."""
+    src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else path_or_bytes
+    arr = np.load(src, allow_pickle=False)
+    if arr.ndim != 2 or arr.shape[1] < 3:
+        raise ValueError(f"expected a [N,3] point array, got shape {arr.shape}")
+    return arr[:, :3].astype(np.float32)
+
+
+def read_shapenetpart_txt(path_or_bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ShapeNetPart 'x y z nx ny nz label' lines as (points [N,3], normals [N,3], labels int64 [N])."""
+    arr = _loadtxt(path_or_bytes)
+    if arr.shape[1] != 7:
+        raise ValueError(f"ShapeNetPart txt needs 7 columns, found {arr.shape[1]}")
+    labels = np.rint(arr[:, 6])
+    if not np.array_equal(labels, arr[:, 6]):
+        raise ValueError("ShapeNetPart part labels must be integers")
+    return arr[:, :3].astype(np.float32), arr[:, 3:6].astype(np.float32), labels.astype(np.int64)
+
+
+def read_scanobjectnn_h5(path, with_mask: bool = False):
+    """ScanObjectNN h5 as (points [M,N,3], labels int64 [M]), plus mask [M,N] or None if asked."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "data" not in f or "label" not in f:
+            raise ValueError("ScanObjectNN h5 needs datasets 'data' and 'label'")
+        points = np.asarray(f["data"][..., :3], dtype=np.float32)
+        labels = np.asarray(f["label"]).reshape(-1).astype(np.int64)
+        mask = np.asarray(f["mask"]).astype(np.int64) if with_mask and "mask" in f else None
+    if points.ndim != 3 or len(labels) != len(points):
+        raise ValueError(f"ScanObjectNN shapes disagree: data {points.shape}, label {labels.shape}")
+    return (points, labels, mask) if with_mask else (points, labels)
+
+
+# ---------------------------------------------------------------- sampling and dispatch
+
+def sample_mesh(vertices, faces, n: int, seed: int = 0) -> np.ndarray:
+    """n points uniform over the mesh surface (area-weighted triangles), float32 [n,3], seeded."""
+    v = np.asarray(vertices, dtype=np.float64)
+    tri = v[np.asarray(faces, dtype=np.int64)]
+    areas = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    total = areas.sum()
+    if not np.isfinite(total) or total <= 0:
+        raise ValueError("mesh has no surface area to sample")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(tri), size=n, p=areas / total)
+    r1, r2 = np.sqrt(rng.random(n)), rng.random(n)
+    a, b, c = tri[pick, 0], tri[pick, 1], tri[pick, 2]
+    pts = (1 - r1)[:, None] * a + (r1 * (1 - r2))[:, None] * b + (r1 * r2)[:, None] * c
+    return pts.astype(np.float32)
+
+
+def _resample(points: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Exactly n points: unchanged if n already, a subset if more, repeats only if fewer."""
+    if len(points) == n:
+        return points.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(points), size=n, replace=len(points) < n)
+    return points[idx].astype(np.float32)
+
+
+def _trimesh_geometry(data: bytes, ext: str) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices, faces) of every mesh in a trimesh file, world transforms applied; faces may be empty.
+
+    force="scene" rather than "mesh": "mesh" drops vertex-only PLY clouds and, for textured
+    OBJ, deep-copies materials, which needs Pillow.
+    """
+    import trimesh
+
+    try:
+        scene = trimesh.load(io.BytesIO(data), file_type=ext, force="scene")
+    except ImportError:
+        raise
+    except Exception as e:  # trimesh raises many types on malformed input
+        raise ValueError(f"cannot read .{ext} file: {e}") from e
+    verts, faces, offset = [], [], 0
+    for node in scene.graph.nodes_geometry:
+        transform, name = scene.graph[node]
+        geom = scene.geometry[name]
+        v = np.asarray(geom.vertices, dtype=np.float64)
+        verts.append(v @ transform[:3, :3].T + transform[:3, 3])
+        f = np.asarray(getattr(geom, "faces", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
+        faces.append(f + offset)
+        offset += len(v)
+    if not verts:
+        return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
+    return np.concatenate(verts), np.concatenate(faces)
+
+
+def _surface_or_points(vertices, faces, n: int, seed: int, name: str) -> np.ndarray:
+    """Sample the surface if there are faces, else resample the vertices as a point cloud."""
+    if len(vertices) == 0:
+        raise ValueError(f"{name} is empty")
+    if len(faces):
+        return sample_mesh(vertices, faces, n, seed)
+    return _resample(np.asarray(vertices), n, seed)
+
+
+def load_points(path, n: int = 1024, seed: int = 0, data: bytes | None = None) -> np.ndarray:
+    """Any supported file as float32 [n,3] raw (un-normalised) points; `data` overrides reading path."""
+    name = os.path.basename(str(path))
+    ext = os.path.splitext(name)[1].lower()
+    if ext not in SUPPORTED_EXTS:
+        raise ValueError(f"unsupported file type {ext or name!r}; supported: {', '.join(SUPPORTED_EXTS)}")
+    raw = _read_bytes(path if data is None else data)
+    if ext == ".off":
+        pts = _surface_or_points(*read_off(raw), n, seed, name)
+    elif ext in MESH_EXTS:
+        pts = _surface_or_points(*_trimesh_geometry(raw, ext[1:]), n, seed, name)
+    else:
+        reader = {".pcd": read_pcd, ".txt": read_modelnet40_txt, ".npy": read_shapenet55_npy}[ext]
+        cloud = reader(raw)
+        if len(cloud) == 0:
+            raise ValueError(f"{name} is empty")
+        pts = _resample(cloud, n, seed)
+    if not np.isfinite(pts).all():
+        raise ValueError(f"{name} has non-finite coordinates")
+    return pts

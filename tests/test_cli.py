@@ -1,0 +1,37 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from recon_serve.model.checkpoint import save_checkpoint
+from recon_serve.model.factory import DEFAULT_CHECKPOINT, create_model
+
+MODELNET10 = ["bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet"]
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "recon_serve.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.data
+def test_eval_contract_on_an_untrained_checkpoint(tmp_path, shared_data):
+    torch.manual_seed(0)
+    model, _ = create_model("micro", num_classes=10)
+    save_checkpoint(tmp_path / "m.pt", model.eval(), class_names=MODELNET10, teacher="all-MiniLM-L6-v2")
+    out = _cli("eval", "--checkpoint", str(tmp_path / "m.pt"), "--data", str(shared_data), "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["n"] == 908 and {"oa", "macc", "zero_shot_oa"} <= set(r)
+    assert 0 <= r["oa"] <= 100 and "overall accuracy" in out.stdout
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="no shipped default checkpoint yet")
+def test_shipped_default_meets_its_model_card(tmp_path, shared_data):
+    out = _cli("eval", "--data", str(shared_data), "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["oa"] >= 93.5 and r["zero_shot_oa"] >= 80.0, r

@@ -1,0 +1,39 @@
+import json
+
+import numpy as np
+import torch
+
+from recon_serve.model.factory import create_model
+from recon_serve.model.text import load_teacher
+from training.train import Recipe, train
+
+CLASSES = ["sphere", "cube"]
+
+
+def _toy(n=16, p=256, seed=0):
+    rng = np.random.default_rng(seed)
+    s = rng.normal(size=(n // 2, p, 3)); s /= np.linalg.norm(s, axis=-1, keepdims=True)
+    c = rng.uniform(-0.5, 0.5, size=(n // 2, p, 3))
+    face = rng.integers(0, 3, size=(n // 2, p))
+    np.put_along_axis(c, face[..., None], 0.5, axis=-1)
+    return np.concatenate([s, c]).astype(np.float32), np.array([0] * (n // 2) + [1] * (n // 2))
+
+
+def test_both_stages_run_log_and_resume(tmp_path):
+    data = _toy()
+    model, _ = create_model("micro", num_classes=2)
+    teacher = load_teacher()
+    for stage in ("pretrain", "finetune"):
+        r = Recipe(stage=stage, epochs=1, batch_size=8, warmup_epochs=0)
+        train(model, data, r, tmp_path, CLASSES, teacher=teacher, progress=False, log=lambda m: None)
+        lines = (tmp_path / f"{stage}.log.jsonl").read_text().splitlines()
+        assert len(lines) == 1 and all(np.isfinite(v) for k, v in json.loads(lines[0]).items() if k != "epoch")
+    # resume: asking for 2 epochs continues from the saved state and runs exactly one more
+    logs = []
+    model2, _ = create_model("micro", num_classes=2)
+    train(model2, data, Recipe(stage="finetune", epochs=2, batch_size=8, warmup_epochs=0), tmp_path, CLASSES,
+          teacher=teacher, progress=False, log=logs.append)
+    assert any("resuming at epoch 1/2" in m for m in logs)
+    assert [json.loads(l)["epoch"] for l in (tmp_path / "finetune.log.jsonl").read_text().splitlines()] == [1, 2]
+    state = torch.load(tmp_path / "finetune.state.pt", weights_only=False)
+    assert state["epoch"] == 2
