@@ -49,3 +49,25 @@ def evaluate(model, points, labels, class_names, teacher=None, votes: int = 1) -
     zs = (emb @ w.T).argmax(1)
     result["zero_shot_oa"], result["zero_shot_macc"] = accuracy_report(zs, labels, len(class_names))
     return result
+
+
+def shape_iou(pred: np.ndarray, gt: np.ndarray, parts) -> float:
+    """Mean IoU over a shape's category parts; a part absent from both prediction and truth counts 1
+    (the ShapeNetPart convention)."""
+    ious = []
+    for p in parts:
+        union = np.logical_or(pred == p, gt == p).sum()
+        ious.append(1.0 if union == 0 else np.logical_and(pred == p, gt == p).sum() / union)
+    return float(np.mean(ious))
+
+
+def part_miou(preds, gts, categories, category_parts: dict) -> dict:
+    """Instance mIoU (mean over shapes) and class mIoU (mean over categories of their shapes' mean),
+    in percent. `category_parts[c]` lists the part ids of category c."""
+    per_shape = [shape_iou(p, g, category_parts[c]) for p, g, c in zip(preds, gts, categories)]
+    by_cat: dict = {}
+    for c, v in zip(categories, per_shape):
+        by_cat.setdefault(c, []).append(v)
+    return {"instance_miou": float(np.mean(per_shape) * 100),
+            "class_miou": float(np.mean([np.mean(v) for v in by_cat.values()]) * 100),
+            "per_category": {str(c): float(np.mean(v) * 100) for c, v in by_cat.items()}}

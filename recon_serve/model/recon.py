@@ -99,8 +99,12 @@ class ReConEncoder(nn.Module):
         nn.init.trunc_normal_(self.query_tokens, std=0.02)
         nn.init.trunc_normal_(self.query_pos, std=0.02)
 
-    def forward(self, patches, centres, visible: torch.Tensor | None = None, stop_grad: bool = True):
-        """patches [B,G,S,3], centres [B,G,3]; `visible` [B,G] bool keeps only unmasked patches."""
+    def forward(self, patches, centres, visible: torch.Tensor | None = None, stop_grad: bool = True, return_layers=()):
+        """patches [B,G,S,3], centres [B,G,3]; `visible` [B,G] bool keeps only unmasked patches.
+
+        With `return_layers` (block indices) also returns the normalised local tokens after those
+        blocks, for dense heads (segmentation) that want several depths.
+        """
         tokens = self.patch_embed(patches)
         pos = self.pos_embed(centres)
         B, _, C = tokens.shape
@@ -109,10 +113,15 @@ class ReConEncoder(nn.Module):
             pos = pos[visible].reshape(B, -1, C)
         x = torch.cat([self.query_tokens.expand(B, -1, -1), tokens], dim=1)
         pos = torch.cat([self.query_pos.expand(B, -1, -1), pos], dim=1)
-        for blk in self.blocks:
-            x = blk(x + pos, stop_grad=stop_grad)
-        x = self.norm(x)
         nq = len(QUERY_NAMES)
+        layers = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x + pos, stop_grad=stop_grad)
+            if i in return_layers:
+                layers.append(self.norm(x[:, nq:]))
+        x = self.norm(x)
+        if return_layers:
+            return x[:, :nq], x[:, nq:], layers
         return x[:, :nq], x[:, nq:]
 
 
