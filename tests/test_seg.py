@@ -29,3 +29,21 @@ def test_seg_head_shapes_and_category_requirement():
         raise AssertionError("expected ValueError")
     except ValueError:
         pass
+
+
+def test_model_with_seg_head_gives_per_point_logits_and_round_trips(tmp_path):
+    from recon_serve.model.checkpoint import save_checkpoint
+    from recon_serve.model.factory import create_model
+
+    torch.manual_seed(0)
+    model, _ = create_model("micro", num_classes=3, num_parts=5)
+    model.eval()
+    x = torch.rand(2, 300, 3)
+    with torch.no_grad():
+        out = model(x)
+    assert out["part_logits"].shape == (2, 300, 5) and out["logits"].shape == (2, 3)
+    save_checkpoint(tmp_path / "s.pt", model, class_names=["a", "b", "c"], extra={"part_names": ["p"] * 5})
+    loaded, ckpt = create_model(tmp_path / "s.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(x)["part_logits"], out["part_logits"])
+    assert ckpt["part_names"] == ["p"] * 5

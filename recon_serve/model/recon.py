@@ -15,6 +15,7 @@ from torch import nn
 
 from recon_serve.geometry.group import group
 from recon_serve.model.layers import Block, ReConBlock
+from recon_serve.model.seg import SegHead
 
 QUERY_NAMES = ("cls", "img", "text")
 
@@ -39,6 +40,7 @@ class ReConConfig:
     img_dim: int = 0  # 0: no image teacher; set to the image teacher's size to add the img projection
     cls_hidden: int = 256
     num_classes: int = 0
+    num_parts: int = 0  # >0 adds the part segmentation head (parts of all categories in one label space)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -148,6 +150,9 @@ class ReCon(nn.Module):
         self.cls_head = None
         if cfg.num_classes:
             self.set_num_classes(cfg.num_classes)
+        self.seg_head = None
+        if cfg.num_parts:
+            self.set_num_parts(cfg.num_parts)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.apply(_init_weights)
 
@@ -161,6 +166,12 @@ class ReCon(nn.Module):
             nn.Linear(H, n),
         )
         self.cls_head.apply(_init_weights)
+
+    def set_num_parts(self, n: int) -> None:
+        """(Re)build the part segmentation head for n parts."""
+        self.cfg.num_parts = n
+        self.seg_head = SegHead(self.cfg.trans_dim, self.cfg.depth, n)
+        self.seg_head.apply(_init_weights)
 
     # ---- inference -------------------------------------------------------------------------
     def group(self, points: torch.Tensor):
@@ -179,11 +190,24 @@ class ReCon(nn.Module):
         return F.normalize(self.text_proj(queries[:, QUERY_NAMES.index("text")]), dim=-1)
 
     def forward(self, points: torch.Tensor) -> dict:
-        queries, tokens = self.features(points)
+        """{'embedding' [B,D], 'logits' [B,K] if a class head, 'part_logits' [B,N,P] if a seg head}."""
+        patches, centres = self.group(points)
+        if self.seg_head is None:
+            queries, tokens = self.encoder(patches, centres)
+        else:
+            queries, tokens, layers = self.encoder(patches, centres, return_layers=self.seg_head.layers)
         out = {"embedding": self.text_embedding(queries)}
         if self.cls_head is not None:
             out["logits"] = self.head_logits(queries, tokens)
+        if self.seg_head is not None:
+            out["part_logits"] = self.seg_head(points, centres, layers)
         return out
+
+    def part_logits(self, points: torch.Tensor, stop_grad: bool = False) -> torch.Tensor:
+        """Per-point part logits [B,N,P] (training path: gradients reach the encoder)."""
+        patches, centres = self.group(points)
+        _, _, layers = self.encoder(patches, centres, stop_grad=stop_grad, return_layers=self.seg_head.layers)
+        return self.seg_head(points, centres, layers)
 
     # ---- training objectives ----------------------------------------------------------------
     def random_mask(self, B: int, G: int, device) -> torch.Tensor:
