@@ -30,7 +30,7 @@ from training.augment import scale_and_translate, shuffle_points
 
 @dataclass
 class Recipe:
-    stage: str = "finetune"  # pretrain | finetune
+    stage: str = "finetune"  # pretrain | finetune | seg
     epochs: int = 40
     batch_size: int = 32
     lr: float = 5e-4
@@ -116,7 +116,9 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
         bar = tqdm(range(steps_per_epoch), desc=f"{recipe.stage} {epoch + 1}/{recipe.epochs}", disable=not progress or rank, leave=False)
         for it in bar:
             idx = order[it * recipe.batch_size : (it + 1) * recipe.batch_size]
-            x = shuffle_points(scale_and_translate(points[idx].to(device)))
+            x = scale_and_translate(points[idx].to(device))
+            if recipe.stage != "seg":  # seg labels are per point: keep the order
+                x = shuffle_points(x)
             y = labels[idx].to(device)
             tpl = torch.randint(len(TEMPLATES), (feats.shape[0],), device=device)
             cands = feats[torch.arange(feats.shape[0], device=device), tpl]  # one prompt per class this step
@@ -124,13 +126,7 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
             for g in opt.param_groups:
                 g["lr"] = lr
             with autocast_context(device):
-                if recipe.stage == "pretrain":
-                    losses = model.pretrain_losses(x, cands, y)
-                else:
-                    queries, tokens = model.features(x, stop_grad=False)
-                    losses = {"ce": F.cross_entropy(model.head_logits(queries, tokens).float(), y, label_smoothing=recipe.label_smoothing)}
-                    c = model.contrastive_loss(queries.float(), cands, y)
-                    losses["contrast"] = recipe.contrast_weight * c["contrast"]
+                losses = _stage_losses(model, recipe, x, y, cands)
             loss = sum(v.float() for v in losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch} step {it}: {losses}")
@@ -158,6 +154,19 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
             _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                           "rng": torch.get_rng_state(), "epoch": epoch + 1, "recipe": asdict(recipe)}, state_path)
     return ema
+
+
+def _stage_losses(model, recipe: Recipe, x, y, cands) -> dict:
+    """The objective of each stage. cands: one teacher feature per class for this step."""
+    if recipe.stage == "pretrain":
+        return model.pretrain_losses(x, cands, y)
+    if recipe.stage == "seg":
+        logits = model.part_logits(x)
+        return {"seg_ce": F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), label_smoothing=recipe.label_smoothing)}
+    queries, tokens = model.features(x, stop_grad=False)
+    losses = {"ce": F.cross_entropy(model.head_logits(queries, tokens).float(), y, label_smoothing=recipe.label_smoothing)}
+    losses["contrast"] = recipe.contrast_weight * model.contrastive_loss(queries.float(), cands, y)["contrast"]
+    return losses
 
 
 def write_stage_checkpoint(path, model, class_names, recipe: Recipe, history: list, metrics=None):
