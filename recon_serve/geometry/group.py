@@ -2,10 +2,21 @@
 
 These are the reference implementations every faster kernel (ONNX custom op, TensorRT plugin)
 is checked against. They are batched and deterministic: FPS starts at a given index (0 by default).
+
+`group()` is what the model calls. For ONNX export, `grouping_mode(...)` swaps the FPS/kNN it uses:
+"scan" (FPS as a torch scan, so the ONNX graph holds one Scan instead of npoint unrolled steps) or
+"custom_op" (the `recon_serve::` torch custom ops, exported as custom-domain ONNX nodes). Training
+and eager inference keep the reference.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+
+GROUPING_MODES = ("reference", "scan", "custom_op")
+_mode = "reference"
 
 
 def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: int | torch.Tensor = 0) -> torch.Tensor:
@@ -28,6 +39,29 @@ def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: int | torch.Ten
     return idx
 
 
+def farthest_point_sample_scan(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
+    """FPS from index 0 as a `torch._higher_order_ops.scan`: same indices as the reference.
+
+    The dynamo exporter turns the scan into one ONNX Scan node, so the graph does not grow with npoint
+    and N stays dynamic. Eager it is slower than the plain loop, hence export-only.
+    """
+    from torch._higher_order_ops.scan import scan
+
+    B, N, _ = xyz.shape
+    if npoint > N:
+        raise ValueError(f"cannot sample {npoint} centres from {N} points")
+
+    def step(carry, _):
+        dist, far = carry
+        centre = torch.gather(xyz, 1, far.view(-1, 1, 1).expand(-1, 1, 3))  # [B,1,3]
+        dist = torch.minimum(dist, ((xyz - centre) ** 2).sum(-1))
+        return (dist, dist.argmax(-1)), far.clone()  # a scan output may not alias the carry
+
+    init = (xyz.new_full((B, N), float("inf")), torch.zeros(B, dtype=torch.long, device=xyz.device))
+    _, idx = scan(step, init, xyz.new_zeros(npoint, 1))
+    return idx.transpose(0, 1)  # [npoint,B] -> [B,npoint]
+
+
 def square_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances [B, M, N] between a [B, M, 3] and b [B, N, 3]."""
     return ((a.unsqueeze(2) - b.unsqueeze(1)) ** 2).sum(-1)
@@ -48,10 +82,37 @@ def gather_points(xyz: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return out.reshape(*idx.shape, xyz.shape[-1])
 
 
+@contextlib.contextmanager
+def grouping_mode(mode: str) -> Iterator[None]:
+    """Use `mode` ("reference" | "scan" | "custom_op") for FPS/kNN inside `group()` while in the block (export time)."""
+    global _mode
+    if mode not in GROUPING_MODES:
+        raise ValueError(f"unknown grouping mode {mode!r}; choose from {GROUPING_MODES}")
+    previous, _mode = _mode, mode
+    try:
+        yield
+    finally:
+        _mode = previous
+
+
+def current_grouping_mode() -> str:
+    return _mode
+
+
+def _centres_and_neighbours(xyz: torch.Tensor, num_group: int, group_size: int):
+    if _mode == "custom_op":
+        import recon_serve.ops.torch_ops  # noqa: F401  (registers torch.ops.recon_serve)
+
+        centre_idx = torch.ops.recon_serve.farthest_point_sample(xyz, num_group)
+        centres = gather_points(xyz, centre_idx)
+        return centres, torch.ops.recon_serve.knn(xyz, centres, group_size)
+    fps = farthest_point_sample_scan if _mode == "scan" else farthest_point_sample
+    centres = gather_points(xyz, fps(xyz, num_group))
+    return centres, knn(group_size, xyz, centres)
+
+
 def group(xyz: torch.Tensor, num_group: int, group_size: int):
     """FPS centres + kNN patches, as ReCon/Point-MAE: returns (patches relative to centre [B,G,S,3], centres [B,G,3])."""
-    centre_idx = farthest_point_sample(xyz, num_group)
-    centres = gather_points(xyz, centre_idx)
-    patch_idx = knn(group_size, xyz, centres)
+    centres, patch_idx = _centres_and_neighbours(xyz, num_group, group_size)
     patches = gather_points(xyz, patch_idx) - centres.unsqueeze(2)
     return patches, centres

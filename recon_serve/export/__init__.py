@@ -1,0 +1,1 @@
+"""Model export (ONNX now; TensorRT/Triton later)."""

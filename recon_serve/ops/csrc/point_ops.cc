@@ -1,0 +1,191 @@
+// ONNX Runtime CPU kernels for recon_serve::FarthestPointSample and recon_serve::KNN.
+//
+// Results are bit-identical to recon_serve/geometry/group.py (the torch reference):
+//  * distances are ((a-b)^2 summed x, y, z in that order) in float, with no FMA (build with
+//    -ffp-contract=off), exactly as torch rounds ((a - b) ** 2).sum(-1);
+//  * FPS starts at index 0 and takes the first maximum (torch.argmax; NaN counts as the maximum);
+//  * KNN returns the k smallest distances ascending, ties to the lower index (the ONNX TopK rule;
+//    torch.topk leaves tie order unspecified, so the two agree whenever the k-th distance is not tied).
+// The library uses only the C API handed to RegisterCustomOps (ORT_API_MANUAL_INIT), so it does not
+// link libonnxruntime and loads into any ONNX Runtime >= 1.21 (the headers' ORT_API_VERSION).
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr const char* kDomain = "recon_serve";
+
+OrtStatusPtr Error(OrtErrorCode code, const std::string& msg) { return Ort::GetApi().CreateStatus(code, msg.c_str()); }
+
+// Calls fn(b) for every b in [0, B), spread over up to hardware_concurrency std::threads.
+template <class Fn>
+void ParallelOverBatch(int64_t B, const Fn& fn) {
+  const int64_t n = std::min<int64_t>(B, std::max(1u, std::thread::hardware_concurrency()));
+  if (n <= 1) {
+    for (int64_t b = 0; b < B; ++b) fn(b);
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(n - 1);
+  for (int64_t t = 1; t < n; ++t)
+    pool.emplace_back([&fn, t, n, B] { for (int64_t b = t; b < B; b += n) fn(b); });
+  for (int64_t b = 0; b < B; b += n) fn(b);
+  for (auto& th : pool) th.join();
+}
+
+inline float SquaredDistance(const float* a, const float* b) {
+  const float dx = a[0] - b[0], dy = a[1] - b[1], dz = a[2] - b[2];
+  float d = dx * dx;
+  d += dy * dy;
+  d += dz * dz;
+  return d;
+}
+
+// points: one cloud [N,3]; writes npoint indices.
+void FarthestPointSampleOne(const float* points, int64_t N, int64_t npoint, int64_t* out) {
+  std::vector<float> dist(N, std::numeric_limits<float>::infinity());
+  int64_t far = 0;
+  for (int64_t i = 0; i < npoint; ++i) {
+    out[i] = far;
+    const float* c = points + 3 * far;
+    int64_t best = 0;
+    float best_val = 0.f;
+    bool best_nan = false;
+    for (int64_t j = 0; j < N; ++j) {
+      const float d = SquaredDistance(points + 3 * j, c);
+      float m = dist[j];
+      if (std::isnan(d) || d < m) m = d;  // torch.minimum: NaN propagates
+      dist[j] = m;
+      const bool m_nan = std::isnan(m);
+      if (j == 0 || (!best_nan && (m_nan || m > best_val))) best = j, best_val = m, best_nan = m_nan;
+    }
+    far = best;
+  }
+}
+
+// k nearest of points [N,3] to one query, nearest first, ties (and NaNs last) by index.
+void KnnOne(const float* points, int64_t N, const float* query, int64_t k, std::vector<float>& dist,
+            std::vector<int64_t>& order, int64_t* out) {
+  for (int64_t j = 0; j < N; ++j) dist[j] = SquaredDistance(query, points + 3 * j);
+  std::iota(order.begin(), order.end(), int64_t{0});
+  auto less = [&dist](int64_t a, int64_t b) {
+    const float da = dist[a], db = dist[b];
+    if (da < db) return true;
+    if (db < da) return false;
+    const bool na = std::isnan(da), nb = std::isnan(db);
+    return na != nb ? nb : a < b;
+  };
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), less);
+  std::copy(order.begin(), order.begin() + k, out);
+}
+
+// Checks a [B,N,3] float input; returns its shape.
+std::vector<int64_t> PointsShape(const Ort::ConstValue& v, const char* name) {
+  auto shape = v.GetTensorTypeAndShapeInfo().GetShape();
+  if (shape.size() != 3 || shape[2] != 3)
+    throw Ort::Exception(std::string(name) + " must have shape [B, N, 3]", ORT_INVALID_ARGUMENT);
+  return shape;
+}
+
+#define RECON_CATCH_ALL                                                                 \
+  catch (const Ort::Exception& e) { return Error(e.GetOrtErrorCode(), e.what()); }     \
+  catch (const std::exception& e) { return Error(ORT_FAIL, e.what()); }
+
+struct FpsKernel {
+  int64_t npoint;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) noexcept try {
+    Ort::KernelContext ctx(context);
+    auto points = ctx.GetInput(0);
+    const auto s = PointsShape(points, "points");
+    const int64_t B = s[0], N = s[1];
+    if (npoint > N)
+      return Error(ORT_INVALID_ARGUMENT, "FarthestPointSample: npoint=" + std::to_string(npoint) + " > N=" + std::to_string(N));
+    const float* p = points.GetTensorData<float>();
+    int64_t* out = ctx.GetOutput(0, {B, npoint}).GetTensorMutableData<int64_t>();
+    ParallelOverBatch(B, [&](int64_t b) { FarthestPointSampleOne(p + b * N * 3, N, npoint, out + b * npoint); });
+    return nullptr;
+  }
+  RECON_CATCH_ALL
+};
+
+struct KnnKernel {
+  int64_t k;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) noexcept try {
+    Ort::KernelContext ctx(context);
+    auto points = ctx.GetInput(0), query = ctx.GetInput(1);
+    const auto s = PointsShape(points, "points"), q = PointsShape(query, "query");
+    const int64_t B = s[0], N = s[1], M = q[1];
+    if (q[0] != B) return Error(ORT_INVALID_ARGUMENT, "KNN: points and query differ in batch size");
+    if (k > N) return Error(ORT_INVALID_ARGUMENT, "KNN: k=" + std::to_string(k) + " > N=" + std::to_string(N));
+    const float* p = points.GetTensorData<float>();
+    const float* qp = query.GetTensorData<float>();
+    int64_t* out = ctx.GetOutput(0, {B, M, k}).GetTensorMutableData<int64_t>();
+    ParallelOverBatch(B, [&](int64_t b) {
+      std::vector<float> dist(N);
+      std::vector<int64_t> order(N);
+      for (int64_t m = 0; m < M; ++m)
+        KnnOne(p + b * N * 3, N, qp + (b * M + m) * 3, k, dist, order, out + (b * M + m) * k);
+    });
+    return nullptr;
+  }
+  RECON_CATCH_ALL
+};
+
+// One op class per node type; Attr is the node's positive int attribute.
+template <class Kernel, size_t NumInputs>
+struct PointOp : Ort::CustomOpBase<PointOp<Kernel, NumInputs>, Kernel, /*WithStatus=*/true> {
+  PointOp(const char* name, const char* attr) : name_(name), attr_(attr) {}
+
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept try {
+    const int64_t v = Ort::ConstKernelInfo(info).GetAttribute<int64_t>(attr_);
+    if (v < 1) return Error(ORT_INVALID_ARGUMENT, std::string(name_) + ": attribute " + attr_ + " must be >= 1");
+    *kernel = new Kernel{v};
+    return nullptr;
+  }
+  RECON_CATCH_ALL
+
+  const char* GetName() const { return name_; }
+  size_t GetInputTypeCount() const { return NumInputs; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64; }
+
+ private:
+  const char* name_;
+  const char* attr_;
+};
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr)
+    return api_base->GetApi(1)->CreateStatus(ORT_FAIL, "recon_serve point ops need ONNX Runtime >= 1.21");
+  Ort::InitApi(api);
+  try {
+    static PointOp<FpsKernel, 1> fps("FarthestPointSample", "npoint");
+    static PointOp<KnnKernel, 2> knn("KNN", "k");
+    // One domain for the process, shared by every session (ORT only keeps a pointer to it).
+    static Ort::CustomOpDomain domain = [] {
+      Ort::CustomOpDomain d{kDomain};
+      d.Add(&fps);
+      d.Add(&knn);
+      return d;
+    }();
+    Ort::UnownedSessionOptions(options).Add(domain);
+    return nullptr;
+  }
+  RECON_CATCH_ALL
+}
