@@ -3,6 +3,7 @@
     recon-train pretrain --config tiny --run runs/tiny --epochs 300
     recon-train finetune --init runs/tiny/pretrain.pt --run runs/tiny --epochs 300
     recon-train default --run runs/default      # the shipped model's whole recipe, resumable
+    recon-train generate --out data/procedural --per-category 64   # part-labelled synthetic shapes
 """
 from __future__ import annotations
 
@@ -57,6 +58,33 @@ def run_stage(stage: str, recipe: Recipe, run: Path, init, config: str, data, lo
     return out
 
 
+def generate_files(out: Path, per_category: int, points: int, seed: int, split: str, fmt: str, categories=None):
+    """Write <out>/<category>/<id>.<fmt> (ShapeNetPart-style global part labels) and <out>/parts.json."""
+    from tqdm import tqdm
+
+    from recon_serve.data.procedural import (CATEGORIES, generate, label_offsets, split_seeds, write_parts_json,
+                                     write_ply, write_shapenetpart_txt)
+
+    cats = sorted(categories or CATEGORIES)
+    unknown = set(cats) - set(CATEGORIES)
+    if unknown:
+        raise SystemExit(f"unknown categories {sorted(unknown)}; known: {' '.join(sorted(CATEGORIES))}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_parts_json(out / "parts.json", cats)
+    offset = label_offsets(cats)
+    jobs = [(c, s) for c in cats for s in split_seeds(split, per_category, seed)]
+    for cat, s in tqdm(jobs, desc=f"generate {split}", unit="shape"):
+        shape = generate(cat, s, points)
+        path = out / cat / f"{s:08d}.{fmt}"
+        path.parent.mkdir(exist_ok=True)
+        labels = shape.labels + offset[cat]
+        if fmt == "ply":
+            write_ply(path, shape.points, labels)
+        else:
+            write_shapenetpart_txt(path, shape.points, labels, shape.normals)
+    return len(jobs)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="recon-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -72,7 +100,18 @@ def main(argv=None):
     d = sub.add_parser("default", help="run the shipped default's full recipe")
     d.add_argument("--run", type=Path, default=Path("runs/default"))
     d.add_argument("--data")
+    g = sub.add_parser("generate", help="write procedural part-labelled shapes (recon_serve/data/procedural)")
+    g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--per-category", type=int, default=16)
+    g.add_argument("--points", type=int, default=2048)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--split", choices=("train", "test"), default="train")
+    g.add_argument("--format", choices=("txt", "ply"), default="txt")
+    g.add_argument("--categories", nargs="*", help="default: all")
     args = ap.parse_args(argv)
+    if args.cmd == "generate":
+        generate_files(args.out, args.per_category, args.points, args.seed, args.split, args.format, args.categories)
+        return
     log = _logger(args.run)
 
     if args.cmd == "default":

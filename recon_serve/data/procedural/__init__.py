@@ -1,0 +1,226 @@
+"""Procedural part-labelled point clouds of everyday objects (a stand-in for ShapeNetPart).
+
+No real part-labelled data is available here, so `generate(category, seed)` builds an object
+from named part meshes with every size, count and style drawn from a seeded numpy Generator,
+and samples its surface. The same (category, seed) always gives identical arrays.
+
+    shape = generate("chair", seed=3)              # points [2048,3], labels [2048] (part index)
+    ds = generate_dataset(per_category=20, split="train")
+    write_shapenetpart_txt("chair_3.txt", shape.points, shape.labels, shape.normals)
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from recon_serve.data.readers import sample_mesh
+
+from .categories import CATEGORIES
+from .primitives import face_areas, merge, rotation
+
+__all__ = ["CATEGORIES", "Shape", "Dataset", "generate", "generate_dataset", "split_seeds",
+           "part_names", "label_offsets", "write_shapenetpart_txt", "write_ply", "write_parts_json"]
+
+SPLITS = {"train": 0, "test": 1}
+_SEEDS_PER_BASE = 10 ** 6
+
+
+@dataclass
+class Shape:
+    points: np.ndarray  # [n,3] float32, +y up, largest extent 1, resting on y = 0
+    labels: np.ndarray  # [n] int64, index into part_names
+    normals: np.ndarray  # [n,3] float32 unit normals of the faces the points lie on
+    category: str
+    part_names: tuple[str, ...]
+
+
+def _allocate(areas: np.ndarray, n: int, min_share: float) -> np.ndarray:
+    """Points per part proportional to area, but at least ceil(min_share * n) each.
+
+    Parts below the floor are pinned to it and the rest share what is left, repeated until
+    stable; rounding goes to the largest remainders, so the counts sum to n exactly.
+    """
+    k = len(areas)
+    floor = max(1, math.ceil(min_share * n))
+    if k * floor > n:
+        raise ValueError(f"{n} points cannot give {k} parts {floor} points each")
+    share = np.asarray(areas, dtype=np.float64) / np.sum(areas)
+    pinned = np.zeros(k, dtype=bool)
+    while True:
+        rest = n - floor * pinned.sum()
+        want = np.where(pinned, floor, share * rest / share[~pinned].sum())
+        low = ~pinned & (want < floor)
+        if not low.any():
+            break
+        pinned |= low
+    counts = np.where(pinned, floor, np.floor(want)).astype(np.int64)
+    frac = np.where(pinned, -1.0, want - np.floor(want))
+    counts[np.argsort(-frac, kind="stable")[: n - counts.sum()]] += 1
+    return counts
+
+
+def _unit_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    n = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-300)
+
+
+def _sampled_faces(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int, points: np.ndarray):
+    """The faces `sample_mesh(vertices, faces, n, seed)` put its points on, or None.
+
+    sample_mesh returns points only; its first draw (area-weighted face choice) is replayed
+    here and checked: every point must lie in its face's plane, else the caller searches.
+    """
+    tri = vertices[faces]
+    areas = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    pick = np.random.default_rng(seed).choice(len(tri), size=n, p=areas / areas.sum())
+    off = np.abs(((points - tri[pick, 0]) * _unit_normals(vertices, faces[pick])).sum(1))
+    tol = 1e-5 * max(1.0, float(np.ptp(vertices, axis=0).max()))
+    return pick if (off <= tol).all() else None
+
+
+def _nearest_faces(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The face each point lies on, searched geometrically (plane distance + barycentric slack)."""
+    tri = vertices[faces]
+    a, e0, e1 = tri[:, 0], tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    nrm = _unit_normals(vertices, faces)
+    d00, d01, d11 = (e0 * e0).sum(1), (e0 * e1).sum(1), (e1 * e1).sum(1)
+    den = np.where(np.abs(d00 * d11 - d01 ** 2) > 1e-24, d00 * d11 - d01 ** 2, np.inf)  # degenerate: never
+    ae0, ae1, an = (a * e0).sum(1), (a * e1).sum(1), (a * nrm).sum(1)
+    scale = np.sqrt(np.sqrt(d00 * d11))
+    out = np.empty(len(points), dtype=np.int64)
+    for s in range(0, len(points), 512):
+        p = points[s:s + 512].astype(np.float64)
+        d20, d21 = p @ e0.T - ae0, p @ e1.T - ae1
+        v, w = (d11 * d20 - d01 * d21) / den, (d00 * d21 - d01 * d20) / den
+        outside = np.maximum(-v, 0) + np.maximum(-w, 0) + np.maximum(v + w - 1, 0)
+        score = np.abs(p @ nrm.T - an) + outside * scale + np.isinf(den) * 1e9
+        out[s:s + 512] = np.argmin(score, axis=1)
+    return out
+
+
+def generate(category: str, seed: int = 0, n_points: int = 2048, yaw: bool = False,
+             min_share: float = 0.01) -> Shape:
+    """One labelled object. Scaled so its largest extent is 1, centred in x/z, standing on y = 0
+    (so models see similar sizes across categories); `yaw` adds a random turn about +y."""
+    builder, names = CATEGORIES[category]
+    rng = np.random.default_rng([int(seed), zlib.crc32(category.encode())])
+    built = builder(rng)
+    if set(built) != set(names):
+        raise RuntimeError(f"{category} builder made parts {sorted(built)}, declared {sorted(names)}")
+    meshes = [merge(built[p] if isinstance(built[p], list) else [built[p]]) for p in names]
+    allv = np.concatenate([v for v, _ in meshes])
+    lo, hi = allv.min(0), allv.max(0)
+    origin = np.array([(lo[0] + hi[0]) / 2, lo[1], (lo[2] + hi[2]) / 2])
+    scale = 1.0 / float((hi - lo).max())
+    seeds = rng.integers(0, 2 ** 31, size=len(names))
+    turn = rotation("y", rng.uniform(0, 2 * np.pi)) if yaw else np.eye(3)
+    meshes = [(((v - origin) * scale) @ turn.T, f) for v, f in meshes]
+    counts = _allocate(np.array([face_areas(m).sum() for m in meshes]), n_points, min_share)
+    pts, nrm, lab = [], [], []
+    for i, ((v, f), c, s) in enumerate(zip(meshes, counts, seeds)):
+        p = sample_mesh(v, f, int(c), seed=int(s))
+        pts.append(p)
+        picked = _sampled_faces(v, f, int(c), int(s), p)
+        picked = _nearest_faces(v, f, p) if picked is None else picked
+        nrm.append(_unit_normals(v, f[picked]).astype(np.float32))
+        lab.append(np.full(int(c), i, dtype=np.int64))
+    order = rng.permutation(n_points)  # part order must not leak through point order
+    return Shape(np.concatenate(pts)[order], np.concatenate(lab)[order], np.concatenate(nrm)[order],
+                 category, tuple(names))
+
+
+# ---------------------------------------------------------------- data sets
+
+def split_seeds(split: str, count: int, seed: int = 0) -> list[int]:
+    """Sample seeds of a split: train ones are even, test ones odd, so the two never meet."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    if not 0 <= count <= _SEEDS_PER_BASE:
+        raise ValueError(f"count must be in [0, {_SEEDS_PER_BASE}]")
+    base = int(seed) * _SEEDS_PER_BASE
+    return [2 * (base + i) + SPLITS[split] for i in range(count)]
+
+
+def part_names(categories=None) -> list[str]:
+    """The shared label space, 'category/part', categories in sorted order (as seg.py expects)."""
+    cats = sorted(CATEGORIES) if categories is None else list(categories)
+    return [f"{c}/{p}" for c in cats for p in CATEGORIES[c][1]]
+
+
+def label_offsets(categories=None) -> dict[str, int]:
+    """Where each category's parts start in the shared label space of `part_names`."""
+    cats = sorted(CATEGORIES) if categories is None else list(categories)
+    starts = np.cumsum([0] + [len(CATEGORIES[c][1]) for c in cats]).tolist()
+    return dict(zip(cats, starts))
+
+
+class Dataset(NamedTuple):
+    points: np.ndarray  # [M,n,3] float32
+    labels: np.ndarray  # [M,n] int64, global ids into part_names
+    category_ids: np.ndarray  # [M] int64, into categories
+    categories: list[str]
+    part_names: list[str]  # 'category/part'
+    category_parts: dict  # category -> its global part ids (for evaluate.part_miou)
+
+
+def generate_dataset(categories=None, per_category: int = 16, seed: int = 0, split: str = "train",
+                     n_points: int = 2048, yaw: bool = False, progress: bool = False) -> Dataset:
+    """per_category shapes of each category with labels in one shared part space."""
+    cats = sorted(CATEGORIES) if categories is None else list(categories)
+    names, offsets = part_names(cats), label_offsets(cats)
+    seeds = split_seeds(split, per_category, seed)
+    jobs = [(ci, s) for ci in range(len(cats)) for s in seeds]
+    if progress:
+        from tqdm import tqdm
+        jobs = tqdm(jobs, desc=f"generate {split}")
+    pts, labs = [], []
+    for ci, s in jobs:
+        shape = generate(cats[ci], s, n_points, yaw)
+        pts.append(shape.points)
+        labs.append(shape.labels + offsets[cats[ci]])
+    cat_ids = np.repeat(np.arange(len(cats), dtype=np.int64), per_category)
+    empty = (0, n_points)
+    return Dataset(np.stack(pts) if pts else np.zeros(empty + (3,), np.float32),
+                   np.stack(labs) if labs else np.zeros(empty, np.int64), cat_ids, cats, names,
+                   {c: list(range(offsets[c], offsets[c] + len(CATEGORIES[c][1]))) for c in cats})
+
+
+# ---------------------------------------------------------------- writers
+
+def write_shapenetpart_txt(path, points, labels, normals=None) -> None:
+    """ShapeNetPart 'x y z nx ny nz label' lines; '%.9g' round-trips float32 exactly."""
+    pts = np.asarray(points, dtype=np.float32)
+    nrm = np.zeros_like(pts) if normals is None else np.asarray(normals, dtype=np.float32)
+    lab = np.asarray(labels, dtype=np.int64)
+    rows = np.column_stack([pts.astype(np.float64), nrm.astype(np.float64)])
+    with open(path, "w") as f:
+        for r, l in zip(rows, lab):
+            f.write(" ".join("%.9g" % x for x in r) + f" {int(l)}\n")
+
+
+def write_ply(path, points, labels) -> None:
+    """ASCII PLY with float x, y, z and an int `label` per vertex (opens in MeshLab, CloudCompare)."""
+    pts = np.asarray(points, dtype=np.float32)
+    lab = np.asarray(labels, dtype=np.int64)
+    header = ["ply", "format ascii 1.0", "comment recon-serve procedural shape", f"element vertex {len(pts)}",
+              "property float x", "property float y", "property float z", "property int label", "end_header"]
+    with open(path, "w") as f:
+        f.write("\n".join(header) + "\n")
+        for p, l in zip(pts.astype(np.float64), lab):
+            f.write("%.9g %.9g %.9g %d\n" % (p[0], p[1], p[2], l))
+
+
+def write_parts_json(path, categories=None) -> None:
+    """The label space written next to a generated data set: categories, their parts, global names."""
+    import json
+
+    cats = sorted(CATEGORIES) if categories is None else list(categories)
+    Path(path).write_text(json.dumps({
+        "categories": {c: list(CATEGORIES[c][1]) for c in cats},
+        "label_offsets": label_offsets(cats),  # file label = offset + index in the category's parts
+        "part_names": part_names(cats)}, indent=1) + "\n")
