@@ -24,7 +24,7 @@ from training.train import Recipe, train, write_stage_checkpoint
 DEFAULT_RECIPE = {
     "config": "tiny",
     "pretrain": Recipe(stage="pretrain", epochs=5, lr=5e-4, warmup_epochs=1),
-    "finetune": Recipe(stage="finetune", epochs=40, lr=5e-4, warmup_epochs=2, eval_every=4),
+    "finetune": Recipe(stage="finetune", epochs=30, lr=5e-4, warmup_epochs=2, eval_every=4),
 }
 
 
