@@ -1,7 +1,10 @@
 """`recon-serve`: the command line of the package.
 
     recon-serve eval [--checkpoint PATH] [--data DIR] [--votes N] --json FILE
+    recon-serve eval-seg [--checkpoint PATH] --json FILE
     recon-serve info [--checkpoint PATH]
+    recon-serve export [CHECKPOINT] --out DIR [--mode auto|custom_op|pure]
+    recon-serve check-export DIR --json FILE [--checkpoint CKPT]
 """
 from __future__ import annotations
 
@@ -42,6 +45,35 @@ def _eval(args) -> int:
     return 0
 
 
+def _eval_seg(args) -> int:
+    from recon_serve.data.procedural import generate_dataset
+    from recon_serve.evaluate import evaluate_seg
+    from recon_serve.model.factory import DEFAULT_CHECKPOINT, create_model
+
+    ckpt_path = args.checkpoint or DEFAULT_CHECKPOINT
+    t0 = time.time()
+    model, ckpt = create_model(ckpt_path)
+    if model.seg_head is None:
+        print(f"error: {ckpt_path} has no segmentation head", file=sys.stderr)
+        return 2
+    data = generate_dataset(per_category=args.per_category, seed=args.seed, split="test", n_points=args.points)
+    if ckpt.get("part_names") and list(ckpt["part_names"]) != data.part_names:
+        print("error: the checkpoint's part names differ from the generator's", file=sys.stderr)
+        return 2
+    r = evaluate_seg(model, data)
+    r.update(checkpoint=str(ckpt_path), split=f"procedural/test seed={args.seed}", seconds=round(time.time() - t0, 1))
+    print(f"procedural test split: {r['n']} shapes of {len(data.categories)} categories, {r['points']} points each")
+    print(f"  instance mIoU (true category)      {r['instance_miou']:6.2f} %")
+    print(f"  class mIoU (true category)         {r['class_miou']:6.2f} %")
+    print(f"  instance mIoU (inferred category)  {r['inferred_category_instance_miou']:6.2f} %")
+    print(f"  category inferred from parts       {r['category_accuracy']:6.2f} %")
+    print(f"  took {r['seconds']} s")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(r, indent=2))
+    return 0
+
+
 def _info(args) -> int:
     from recon_serve.model.factory import DEFAULT_CHECKPOINT, create_model
 
@@ -49,6 +81,37 @@ def _info(args) -> int:
     info = {k: ckpt.get(k) for k in ("config", "class_names", "normalisation", "teacher", "recipe", "metrics")}
     info["parameters"] = sum(p.numel() for p in model.parameters())
     print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def _export(args) -> int:
+    from recon_serve.export.triton_repo import write_model_repository
+
+    try:
+        summary = write_model_repository(args.checkpoint, args.out, args.version, mode=args.mode,
+                                         python_site_packages=args.python_site_packages, deploy_root=args.deploy_root)
+    except (FileNotFoundError, FileExistsError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if summary["note"]:
+        print(f"note: {summary['note']}", file=sys.stderr)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _check_export(args) -> int:
+    from recon_serve.export.check import check_export
+
+    try:
+        result = check_export(args.dir, args.checkpoint, args.data)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"{result['version_dir']}: max_abs_diff {result['max_abs_diff']:.2e} "
+          f"({' and '.join(result['runtimes_compared'])} against torch eager); "
+          f"FPS/kNN indices {'equal' if result['indices_equal'] else 'DIFFER'}")
     return 0
 
 
@@ -61,9 +124,31 @@ def main(argv=None) -> int:
     e.add_argument("--votes", type=int, default=1, help="1 = no voting (default)")
     e.add_argument("--json", help="write the figures here")
     e.set_defaults(fn=_eval)
+    s = sub.add_parser("eval-seg", help="part mIoU on the held-out procedural test set")
+    s.add_argument("--checkpoint", help="checkpoint (default: the shipped model)")
+    s.add_argument("--per-category", type=int, default=20, help="test shapes per category")
+    s.add_argument("--points", type=int, default=2048)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", help="write the figures here")
+    s.set_defaults(fn=_eval_seg)
     i = sub.add_parser("info", help="print a checkpoint's model card fields")
     i.add_argument("--checkpoint")
     i.set_defaults(fn=_info)
+    x = sub.add_parser("export", help="write a Triton model repository (ONNX + python backend) from a checkpoint")
+    x.add_argument("checkpoint", nargs="?", help="checkpoint (default: the shipped model)")
+    x.add_argument("--out", required=True, help="model repository directory")
+    x.add_argument("--mode", choices=("auto", "custom_op", "pure"), default="auto",
+                   help="auto: custom-op graph when its kernel library builds, else pure ONNX")
+    x.add_argument("--version", type=int, help="version number (default: next free)")
+    x.add_argument("--python-site-packages", help="site-packages (numpy<2, onnxruntime) the python backend model uses")
+    x.add_argument("--deploy-root", help="path of --out on the serving host (for the custom-op library path)")
+    x.set_defaults(fn=_export)
+    c = sub.add_parser("check-export", help="compare the newest exported version with torch eager, exactly for indices")
+    c.add_argument("dir", help="model repository directory")
+    c.add_argument("--json", required=True, help="write the figures here")
+    c.add_argument("--checkpoint", help="checkpoint (default: the one named in the model card)")
+    c.add_argument("--data", help="data root for ModelNet10 test clouds (default $RECON_DATA or ../shared/data)")
+    c.set_defaults(fn=_check_export)
     args = ap.parse_args(argv)
     return args.fn(args)
 

@@ -35,3 +35,25 @@ def test_shipped_default_meets_its_model_card(tmp_path, shared_data):
     assert out.returncode == 0, out.stderr
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["oa"] >= 93.5 and r["zero_shot_oa"] >= 80.0, r
+
+
+def test_finetune_seg_then_eval_seg_contract(tmp_path):
+    torch.manual_seed(0)
+    model, _ = create_model("micro", num_classes=10)
+    save_checkpoint(tmp_path / "init.pt", model.eval(), class_names=MODELNET10)
+    train = subprocess.run([sys.executable, "-m", "training.cli", "finetune-seg", "--init", str(tmp_path / "init.pt"),
+                            "--run", str(tmp_path), "--per-category", "2", "--points", "256", "--epochs", "1",
+                            "--batch-size", "16"], capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-2000:]
+    out = _cli("eval-seg", "--checkpoint", str(tmp_path / "seg.pt"), "--per-category", "1", "--points", "256",
+               "--json", str(tmp_path / "s.json"))
+    assert out.returncode == 0, out.stderr
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert {"instance_miou", "class_miou"} <= set(r) and r["n"] == 34 and 0 <= r["instance_miou"] <= 100
+    # the frozen encoder leaves the classification answers untouched
+    before, _ = create_model(tmp_path / "init.pt")
+    after, ckpt = create_model(tmp_path / "seg.pt")
+    x = torch.rand(2, 256, 3)
+    with torch.no_grad():
+        assert torch.equal(before(x)["logits"], after(x)["logits"])
+    assert len(ckpt["part_names"]) == after.cfg.num_parts and "chair/seat" in ckpt["part_names"]

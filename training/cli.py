@@ -3,6 +3,7 @@
     recon-train pretrain --config tiny --run runs/tiny --epochs 300
     recon-train finetune --init runs/tiny/pretrain.pt --run runs/tiny --epochs 300
     recon-train default --run runs/default      # the shipped model's whole recipe, resumable
+    recon-train finetune-seg --init runs/tiny/finetune.pt --run runs/tiny   # part segmentation head
     recon-train generate --out data/procedural --per-category 64   # part-labelled synthetic shapes
 """
 from __future__ import annotations
@@ -25,6 +26,9 @@ DEFAULT_RECIPE = {
     "config": "tiny",
     "pretrain": Recipe(stage="pretrain", epochs=5, lr=5e-4, warmup_epochs=1),
     "finetune": Recipe(stage="finetune", epochs=30, lr=5e-4, warmup_epochs=2, eval_every=4),
+    # part segmentation head on a frozen encoder (classification answers unchanged)
+    "seg": Recipe(stage="seg", epochs=8, lr=1e-3, warmup_epochs=1, label_smoothing=0.0, freeze_encoder=True),
+    "seg_data": {"per_category": 96, "points": 2048, "seed": 0},
 }
 
 
@@ -58,6 +62,34 @@ def run_stage(stage: str, recipe: Recipe, run: Path, init, config: str, data, lo
     return out
 
 
+def run_seg_stage(recipe: Recipe, run: Path, init, per_category: int, points: int, seed: int, log, test_per_category: int = 20):
+    """Add and train a part segmentation head on procedural shapes; writes <run>/seg.pt."""
+    import numpy as np
+
+    from recon_serve.data.procedural import generate_dataset
+    from recon_serve.evaluate import evaluate_seg
+    from recon_serve.geometry.normalise import normalise
+
+    out = run / "seg.pt"
+    if out.exists():
+        log(f"[seg] {out} exists, skipping")
+        return out
+    train_set = generate_dataset(per_category=per_category, seed=seed, split="train", n_points=points, progress=True)
+    model, ckpt = create_model(init)
+    model.set_num_parts(len(train_set.part_names))
+    pts = np.stack([normalise(p) for p in train_set.points])
+    history = (ckpt or {}).get("recipe", {}).get("stages", [])
+    ema = train(model.train(), (pts, train_set.labels), recipe, run, ckpt.get("class_names") or [], log=log)
+    test_set = generate_dataset(per_category=test_per_category, seed=seed, split="test", n_points=points)
+    metrics = dict(ckpt.get("metrics") or {})
+    metrics["seg"] = {k: v for k, v in evaluate_seg(ema, test_set).items() if k != "per_category"}
+    log("seg test: " + json.dumps(metrics["seg"]))
+    extra = {"part_names": train_set.part_names, "category_parts": train_set.category_parts,
+             "seg_data": {"generator": "recon_serve.data.procedural", "per_category": per_category, "points": points, "seed": seed}}
+    write_stage_checkpoint(out, ema, ckpt.get("class_names"), recipe, history, metrics, extra=extra)
+    return out
+
+
 def generate_files(out: Path, per_category: int, points: int, seed: int, split: str, fmt: str, categories=None):
     """Write <out>/<category>/<id>.<fmt> (ShapeNetPart-style global part labels) and <out>/parts.json."""
     from tqdm import tqdm
@@ -85,6 +117,20 @@ def generate_files(out: Path, per_category: int, points: int, seed: int, split: 
     return len(jobs)
 
 
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1", "yes")
+
+
+def _add_recipe_args(p, skip=()):
+    """One option per Recipe field (default None = the recipe's own default)."""
+    for f in Recipe.__dataclass_fields__.values():
+        if f.name != "stage" and f.name not in skip:
+            kind = _flag if isinstance(f.default, bool) else type(f.default)
+            p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="recon-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -94,9 +140,14 @@ def main(argv=None):
         p.add_argument("--init", help="start from this checkpoint")
         p.add_argument("--run", required=True, type=Path, help="run directory (state, logs, output)")
         p.add_argument("--data", help="data root (default $RECON_DATA or ../shared/data)")
-        for f in Recipe.__dataclass_fields__.values():
-            if f.name != "stage":
-                p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
+        _add_recipe_args(p)
+    sg = sub.add_parser("finetune-seg", help="add a part segmentation head trained on procedural shapes")
+    sg.add_argument("--init", required=True, help="classification checkpoint to extend")
+    sg.add_argument("--run", required=True, type=Path)
+    sg.add_argument("--per-category", type=int, default=DEFAULT_RECIPE["seg_data"]["per_category"])
+    sg.add_argument("--points", type=int, default=DEFAULT_RECIPE["seg_data"]["points"])
+    sg.add_argument("--seed", type=int, default=0)
+    _add_recipe_args(sg, skip=("seed",))
     d = sub.add_parser("default", help="run the shipped default's full recipe")
     d.add_argument("--run", type=Path, default=Path("runs/default"))
     d.add_argument("--data")
@@ -116,7 +167,13 @@ def main(argv=None):
 
     if args.cmd == "default":
         pre = run_stage("pretrain", DEFAULT_RECIPE["pretrain"], args.run, None, DEFAULT_RECIPE["config"], args.data, log)
-        run_stage("finetune", DEFAULT_RECIPE["finetune"], args.run, pre, DEFAULT_RECIPE["config"], args.data, log)
+        fin = run_stage("finetune", DEFAULT_RECIPE["finetune"], args.run, pre, DEFAULT_RECIPE["config"], args.data, log)
+        run_seg_stage(DEFAULT_RECIPE["seg"], args.run, fin, log=log, **DEFAULT_RECIPE["seg_data"])
+        return
+    if args.cmd == "finetune-seg":
+        overrides = {k: getattr(args, k) for k in Recipe.__dataclass_fields__ if k != "stage" and getattr(args, k, None) is not None}
+        recipe = Recipe(**{**asdict(DEFAULT_RECIPE["seg"]), **overrides})
+        run_seg_stage(recipe, args.run, args.init, args.per_category, args.points, args.seed, log)
         return
     overrides = {k: getattr(args, k) for k in Recipe.__dataclass_fields__ if k != "stage" and getattr(args, k) is not None}
     recipe = Recipe(stage=args.cmd, **overrides)

@@ -41,6 +41,7 @@ class Recipe:
     ema: float = 0.999
     seed: int = 0
     eval_every: int = 0  # 0: evaluate only at the end
+    freeze_encoder: bool = False  # seg: train the head only, so classification answers do not move
 
 
 def _dist_info():
@@ -88,14 +89,19 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
+    if recipe.freeze_encoder:
+        model.encoder.requires_grad_(False)
     decay, no_decay = [], []
     for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         (no_decay if p.dim() <= 1 or "token" in n or "pos" in n.split(".")[-1] else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
+    ema_pairs = list(zip(ema.state_dict().values(), model.state_dict().values()))
     start_epoch = 0
     if state_path.exists():
         st = torch.load(state_path, map_location=device, weights_only=False)
@@ -110,6 +116,8 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
     total = steps_per_epoch * recipe.epochs
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
+        if recipe.freeze_encoder:
+            model.encoder.eval()  # also keeps its BatchNorm statistics fixed
         order = torch.randperm(len(points))[rank::world]
         sums: dict[str, float] = {}
         t0 = time.time()
@@ -136,14 +144,14 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
             opt.step()
             with torch.no_grad():
                 d = min(recipe.ema, (1 + epoch * steps_per_epoch + it) / (10 + epoch * steps_per_epoch + it))
-                for pe, pm in zip(ema.state_dict().values(), model.state_dict().values()):
+                for pe, pm in ema_pairs:
                     if pe.dtype.is_floating_point:
-                        pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+                        pe.lerp_(pm, 1 - d)  # exact no-op where nothing is trained (frozen parts)
                     else:
                         pe.copy_(pm)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
-            bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
         rec = {"epoch": epoch + 1, "lr": lr, "seconds": round(time.time() - t0, 1), **{k: v / steps_per_epoch for k, v in sums.items()}}
         if test_data is not None and recipe.eval_every and (epoch + 1) % recipe.eval_every == 0 and rank == 0:
             rec["eval_ema"] = evaluate(ema, test_data[0], test_data[1], class_names, teacher)
@@ -161,7 +169,7 @@ def _stage_losses(model, recipe: Recipe, x, y, cands) -> dict:
     if recipe.stage == "pretrain":
         return model.pretrain_losses(x, cands, y)
     if recipe.stage == "seg":
-        logits = model.part_logits(x)
+        logits = model.part_logits(x, train_encoder=not recipe.freeze_encoder)
         return {"seg_ce": F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), label_smoothing=recipe.label_smoothing)}
     queries, tokens = model.features(x, stop_grad=False)
     losses = {"ce": F.cross_entropy(model.head_logits(queries, tokens).float(), y, label_smoothing=recipe.label_smoothing)}
@@ -169,6 +177,6 @@ def _stage_losses(model, recipe: Recipe, x, y, cands) -> dict:
     return losses
 
 
-def write_stage_checkpoint(path, model, class_names, recipe: Recipe, history: list, metrics=None):
+def write_stage_checkpoint(path, model, class_names, recipe: Recipe, history: list, metrics=None, extra=None):
     save_checkpoint(path, model, class_names=class_names, teacher=load_teacher().name,
-                    recipe={"stages": history + [asdict(recipe)]}, metrics=metrics)
+                    recipe={"stages": history + [asdict(recipe)]}, metrics=metrics, extra=extra)

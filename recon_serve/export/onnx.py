@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from recon_serve.geometry.group import grouping_mode
+from recon_serve.geometry.group import grouping_indices, grouping_mode
 from recon_serve.ops import DOMAIN
 
 MODES = {"pure": "scan", "custom_op": "custom_op"}  # export mode -> grouping mode
@@ -46,12 +46,44 @@ def export_onnx(model: nn.Module, path: str | Path, mode: str = "custom_op", ops
     (its no-op rule matches constants with abs_tol=1e-8), which drops the seg head's `d + 1e-8`
     and gives NaN; ONNX Runtime's own graph optimizations do the useful folding at load time anyway.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {sorted(MODES)}, not {mode!r}")
     cfg = model.cfg
     example = torch.rand(2, cfg.num_points, 3, generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            names = [n for n in OUTPUTS if n in model(example)]
+        _to_onnx(_Outputs(model, names).eval(), example, path, mode, names, opset,
+                 max_batch, max(cfg.num_group, cfg.group_size), max_points, optimize)
+    finally:
+        model.train(was_training)
+    return Path(path)
+
+
+class _GroupingIndices(nn.Module):
+    def __init__(self, num_group: int, group_size: int):
+        super().__init__()
+        self.num_group, self.group_size = num_group, group_size
+
+    def forward(self, points):
+        return grouping_indices(points, self.num_group, self.group_size)
+
+
+def export_grouping_onnx(num_group: int, group_size: int, path: str | Path, mode: str = "custom_op",
+                         opset: int = 20) -> Path:
+    """FPS + kNN alone (outputs `centre_idx` [B,G], `patch_idx` [B,G,S]), exported exactly as inside the model,
+    so the indices each ONNX path computes can be compared with the torch reference."""
+    example = torch.rand(2, max(4 * num_group, group_size), 3, generator=torch.Generator().manual_seed(0))
+    _to_onnx(_GroupingIndices(num_group, group_size).eval(), example, path, mode, ["centre_idx", "patch_idx"], opset,
+             1024, max(num_group, group_size), 65536, False)
+    return Path(path)
+
+
+def _to_onnx(module: nn.Module, example, path, mode, output_names, opset, max_batch, min_points, max_points, optimize):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, not {mode!r}")
     batch = torch.export.Dim("batch", min=1, max=max_batch)
-    npts = torch.export.Dim("num_points", min=max(cfg.num_group, cfg.group_size), max=max_points)
+    npts = torch.export.Dim("num_points", min=min_points, max=max_points)
     table = None
     if mode == "custom_op":
         from recon_serve.ops.onnx_ops import translation_table
@@ -59,22 +91,13 @@ def export_onnx(model: nn.Module, path: str | Path, mode: str = "custom_op", ops
         table = translation_table()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            names = [n for n in OUTPUTS if n in model(example)]
-        wrapped = _Outputs(model, names).eval()
-        with grouping_mode(MODES[mode]), torch.no_grad():
-            torch.onnx.export(
-                wrapped, (example,), str(path), dynamo=True, opset_version=opset,
-                input_names=[INPUT], output_names=wrapped.names,
-                dynamic_shapes={"points": {0: batch, 1: npts}},
-                custom_translation_table=table, external_data=False, optimize=optimize, verbose=False,
-            )
-    finally:
-        model.train(was_training)
-    return path
+    with grouping_mode(MODES[mode]), torch.no_grad():
+        torch.onnx.export(
+            module, (example,), str(path), dynamo=True, opset_version=opset,
+            input_names=[INPUT], output_names=list(output_names),
+            dynamic_shapes={"points": {0: batch, 1: npts}},
+            custom_translation_table=table, external_data=False, optimize=optimize, verbose=False,
+        )
 
 
 def needs_custom_ops(path: str | Path) -> bool:

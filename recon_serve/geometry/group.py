@@ -99,20 +99,27 @@ def current_grouping_mode() -> str:
     return _mode
 
 
-def _centres_and_neighbours(xyz: torch.Tensor, num_group: int, group_size: int):
+def grouping_indices(xyz: torch.Tensor, num_group: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centre indices [B,G], neighbour indices [B,G,S]) in the current grouping mode: what exports check exactly."""
+    centre_idx, _, patch_idx = _select(xyz, num_group, group_size)
+    return centre_idx, patch_idx
+
+
+def _select(xyz: torch.Tensor, num_group: int, group_size: int):
     if _mode == "custom_op":
         import recon_serve.ops.torch_ops  # noqa: F401  (registers torch.ops.recon_serve)
 
         centre_idx = torch.ops.recon_serve.farthest_point_sample(xyz, num_group)
         centres = gather_points(xyz, centre_idx)
-        return centres, torch.ops.recon_serve.knn(xyz, centres, group_size)
+        return centre_idx, centres, torch.ops.recon_serve.knn(xyz, centres, group_size)
     fps = farthest_point_sample_scan if _mode == "scan" else farthest_point_sample
-    centres = gather_points(xyz, fps(xyz, num_group))
-    return centres, knn(group_size, xyz, centres)
+    centre_idx = fps(xyz, num_group)
+    centres = gather_points(xyz, centre_idx)
+    return centre_idx, centres, knn(group_size, xyz, centres)
 
 
 def group(xyz: torch.Tensor, num_group: int, group_size: int):
     """FPS centres + kNN patches, as ReCon/Point-MAE: returns (patches relative to centre [B,G,S,3], centres [B,G,3])."""
-    centres, patch_idx = _centres_and_neighbours(xyz, num_group, group_size)
+    _, centres, patch_idx = _select(xyz, num_group, group_size)
     patches = gather_points(xyz, patch_idx) - centres.unsqueeze(2)
     return patches, centres

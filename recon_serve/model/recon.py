@@ -203,10 +203,12 @@ class ReCon(nn.Module):
             out["part_logits"] = self.seg_head(points, centres, layers)
         return out
 
-    def part_logits(self, points: torch.Tensor, stop_grad: bool = False) -> torch.Tensor:
-        """Per-point part logits [B,N,P] (training path: gradients reach the encoder)."""
-        patches, centres = self.group(points)
-        _, _, layers = self.encoder(patches, centres, stop_grad=stop_grad, return_layers=self.seg_head.layers)
+    def part_logits(self, points: torch.Tensor, train_encoder: bool = True) -> torch.Tensor:
+        """Per-point part logits [B,N,P]; with train_encoder=False the encoder runs without autograd
+        (a frozen encoder keeps the classification head's accuracy intact)."""
+        with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
+            patches, centres = self.group(points)
+            _, _, layers = self.encoder(patches, centres, stop_grad=False, return_layers=self.seg_head.layers)
         return self.seg_head(points, centres, layers)
 
     # ---- training objectives ----------------------------------------------------------------
