@@ -199,3 +199,17 @@ def test_official_layout_state_dict_loads_and_gives_the_same_logits(tmp_path):
         patches, centres = model.group(x)
         theirs = official(patches, centres)
     assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+
+
+def test_slim_checkpoint_drops_the_decoder_and_keeps_outputs(tmp_path):
+    from recon_serve.model.checkpoint import slim_checkpoint
+
+    model = _micro().eval()
+    save_checkpoint(tmp_path / "full.pt", model, class_names=list("abcd"))
+    slim = slim_checkpoint(tmp_path / "full.pt", tmp_path / "slim.pt")
+    assert not any(k.startswith("decoder.") for k in slim["state_dict"])
+    loaded, _ = create_model(tmp_path / "slim.pt")
+    x = torch.rand(2, 256, 3)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)["logits"], model(x)["logits"])
+    assert (tmp_path / "slim.pt").stat().st_size < (tmp_path / "full.pt").stat().st_size

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from recon_serve.data.modelnet import load_modelnet10
 from recon_serve.evaluate import evaluate
-from recon_serve.model.factory import create_model
+from recon_serve.model.checkpoint import slim_checkpoint
+from recon_serve.model.factory import DEFAULT_CHECKPOINT, create_model
 from training.train import Recipe, train, write_stage_checkpoint
 
 # The shipped default: what `recon-train default` runs (see models/default/MODEL_CARD.md).
@@ -168,7 +169,9 @@ def main(argv=None):
     if args.cmd == "default":
         pre = run_stage("pretrain", DEFAULT_RECIPE["pretrain"], args.run, None, DEFAULT_RECIPE["config"], args.data, log)
         fin = run_stage("finetune", DEFAULT_RECIPE["finetune"], args.run, pre, DEFAULT_RECIPE["config"], args.data, log)
-        run_seg_stage(DEFAULT_RECIPE["seg"], args.run, fin, log=log, **DEFAULT_RECIPE["seg_data"])
+        seg = run_seg_stage(DEFAULT_RECIPE["seg"], args.run, fin, log=log, **DEFAULT_RECIPE["seg_data"])
+        slim_checkpoint(seg, DEFAULT_CHECKPOINT)
+        log(f"shipped {DEFAULT_CHECKPOINT} ({DEFAULT_CHECKPOINT.stat().st_size / 1e6:.1f} MB)")
         return
     if args.cmd == "finetune-seg":
         overrides = {k: getattr(args, k) for k in Recipe.__dataclass_fields__ if k != "stage" and getattr(args, k, None) is not None}

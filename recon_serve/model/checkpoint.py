@@ -109,3 +109,20 @@ def convert_official(raw: dict) -> dict:
         raise ValueError("not a ReCon checkpoint: no cls/img/text tokens found")
     return {"format": FORMAT, "config": {"name": "official", **infer_official_config(mapped)}, "state_dict": mapped,
             "class_names": [], "normalisation": NORMALISATION, "teacher": "clip-ViT-B/32 (official)", "recipe": {"source": "official ReCon"}}
+
+
+PRETRAIN_ONLY = ("mask_token", "decoder.", "decoder_norm.", "decoder_pos_embed.", "rebuild.")
+
+
+def slim_checkpoint(src, dst) -> dict:
+    """Copy a checkpoint without the pretraining-only reconstruction decoder (not used at inference;
+    ~13% of tiny's weights). Returns the written dict."""
+    ckpt = read_checkpoint(src)
+    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith(PRETRAIN_ONLY)}
+    ckpt["slim"] = "reconstruction decoder removed; resume pretraining from the run's state files"
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, dst)
+    return ckpt

@@ -5,7 +5,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from recon_serve.model.checkpoint import read_checkpoint
+from recon_serve.model.checkpoint import PRETRAIN_ONLY, read_checkpoint
 from recon_serve.model.recon import ReCon, ReConConfig
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "default" / "recon_default.pt"
@@ -39,7 +39,7 @@ def create_model(name_or_path: str | Path | None = None, **overrides):
     cfg = ReConConfig(**{**defaults, **ckpt["config"], **overrides})
     model = ReCon(cfg)
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-    bad = [k for k in missing if not k.startswith(("mask_token", "decoder", "rebuild", "logit_scale", "text_proj", "img_proj"))]
+    bad = [k for k in missing if not k.startswith(PRETRAIN_ONLY + ("logit_scale", "text_proj", "img_proj"))]
     if bad or unexpected:
         raise ValueError(f"checkpoint does not fit the model: missing {bad[:5]}, unexpected {list(unexpected)[:5]}")
     return model.eval(), ckpt
