@@ -1,0 +1,154 @@
+"""FAISS side of the shape index: build, search, persist.
+
+Every index is an ``IndexIDMap2`` so callers deal only in stable int64 ids and vectors stay
+reconstructable. Two inner kinds, both inner product on unit vectors (= cosine):
+
+* ``flat``: exact ``IndexFlatIP``; supports ``remove_ids``.
+* ``hnsw``: ``IndexHNSWFlat``; no ``remove_ids``, so the store passes removed ids as ``exclude``.
+
+Nothing here knows about SQLite; ``store.py`` owns which ids are live.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+# Batched flat searches take the BLAS path from 20 queries instead of 128000: ~6x faster for
+# 100 queries on 100k x 384 (dependencies-checked.md section 4). Process-wide, harmless elsewhere.
+faiss.cvar.distance_compute_blas_threshold = 20
+
+FLAT, HNSW = "flat", "hnsw"
+
+
+def new_index(kind: str, dim: int, hnsw_m: int = 32, ef_construction: int = 40) -> faiss.IndexIDMap2:
+    """An empty id-mapped index of the given kind."""
+    if kind == FLAT:
+        inner = faiss.IndexFlatIP(dim)
+    elif kind == HNSW:
+        inner = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = ef_construction
+    else:
+        raise ValueError(f"unknown index kind {kind!r}")
+    return faiss.IndexIDMap2(inner)  # faiss's wrapper keeps a Python reference to inner
+
+
+def kind_of(index: faiss.Index) -> str:
+    inner = faiss.downcast_index(index.index)
+    return HNSW if isinstance(inner, faiss.IndexHNSW) else FLAT
+
+
+def ids_of(index: faiss.IndexIDMap2) -> np.ndarray:
+    """External ids in storage order (position i holds vector i of the inner index)."""
+    return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+
+
+def add(index: faiss.IndexIDMap2, ids: np.ndarray, vectors: np.ndarray) -> None:
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+
+
+def remove(index: faiss.IndexIDMap2, ids) -> None:
+    """Physically remove ids from a flat index (HNSW cannot; the store tombstones instead)."""
+    ids = np.asarray(list(ids), dtype=np.int64)
+    if len(ids):
+        index.remove_ids(ids)
+
+
+def search(index, queries: np.ndarray, k: int, ef_search: int = 64, exclude=None):
+    """Top-k over the whole index; ``exclude`` (ids, HNSW tombstones) never come back.
+
+    ``exclude`` uses an IDSelector inside the search, so k live hits come back whenever the
+    index holds k live vectors, rather than k minus however many tombstones ranked high.
+    """
+    sel = None
+    if exclude is not None and len(exclude):
+        sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(list(exclude), dtype=np.int64)))
+    if kind_of(_cpu(index)) == HNSW:
+        params = faiss.SearchParametersHNSW(efSearch=max(ef_search, k), sel=sel)
+    else:
+        params = faiss.SearchParameters(sel=sel) if sel is not None else None
+    return index.search(queries, k, params=params)
+
+
+def exact_search(index: faiss.IndexIDMap2, queries: np.ndarray, k: int, allowed: np.ndarray):
+    """Exact top-k restricted to ``allowed`` ids, whatever the index kind.
+
+    Scans the flat vector storage (the flat index itself, or HNSW's ``storage``) with a bitmap
+    selector over storage positions, then maps positions back to ids. HNSW's own filtered
+    traversal is skipped on purpose: with a selective filter it can miss the best match.
+    """
+    inner = faiss.downcast_index(index.index)
+    storage = inner.storage if isinstance(inner, faiss.IndexHNSW) else inner
+    id_map = ids_of(index)
+    mask = np.isin(id_map, allowed)
+    bits = np.packbits(mask, bitorder="little")
+    sel = faiss.IDSelectorBitmap(bits)  # the wrapper keeps ``bits`` alive
+    scores, pos = storage.search(queries, k, params=faiss.SearchParameters(sel=sel))
+    labels = np.where(pos >= 0, id_map[np.clip(pos, 0, None)], -1)
+    return scores, labels
+
+
+def write_atomic(index: faiss.Index, path: Path) -> None:
+    """Write to a temp file in the same directory, fsync, then os.replace over ``path``.
+
+    A crash or error at any point leaves either the old file or the new one, never a mix.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        faiss.write_index(_cpu(index), str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def read(path: Path, dim: int) -> faiss.IndexIDMap2 | None:
+    """The saved index, or None when it is missing, unreadable or of another shape."""
+    try:
+        index = faiss.read_index(str(path))
+    except Exception:  # missing, truncated or garbage: the store rebuilds from its vectors
+        return None
+    if not isinstance(index, faiss.IndexIDMap2) or index.d != dim:
+        return None
+    return index
+
+
+def to_gpu(index: faiss.IndexIDMap2):
+    """A GPU copy of a flat index for searching, or None (no GPU, HNSW, or any failure)."""
+    global _GPU_RES
+    try:
+        if kind_of(index) != FLAT or faiss.get_num_gpus() <= 0:
+            return None
+        _GPU_RES = _GPU_RES or faiss.StandardGpuResources()
+        gpu = faiss.index_cpu_to_gpu(_GPU_RES, 0, index)
+        gpu._cpu = index
+        return gpu
+    except Exception:
+        return None
+
+
+_GPU_RES = None
+
+
+def _cpu(index):
+    return getattr(index, "_cpu", index)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,381 @@
+"""ShapeIndex: a directory holding a FAISS index plus a SQLite database of shapes.
+
+Layout of ``path``::
+
+    index.json      dim and settings (``ShapeIndex.open`` reads it)
+    shapes.sqlite   source of truth: string id, faiss id, vector, metadata, model version
+    index.faiss     derived search structure, written atomically by ``save()``
+
+SQLite commits on every write; the FAISS file only on ``save()``/``close()``. If the process
+dies between the two, opening reconciles the FAISS index against SQLite (adds what is missing,
+drops what is gone), so an id never goes missing or comes back twice.
+
+Search: exact ``IndexFlatIP`` up to ``exact_limit`` shapes, HNSW past it. Filtered searches are
+always exact (see ``search``). One lock serialises all calls: FAISS does not allow a search
+while another thread adds, and the shared SQLite connection must not interleave transactions.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import db
+from . import faiss_index as fi
+
+SETTINGS_FILE, DB_FILE, INDEX_FILE, LOCK_FILE = "index.json", "shapes.sqlite", "index.faiss", ".lock"
+_SQL_CHUNK = 900  # stay under SQLite's bound-parameter limit
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    metadata: dict
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    metadata: dict
+    model_version: str | None
+    added_at: float  # unix seconds of the last add/upsert
+
+
+@dataclass(frozen=True)
+class Settings:
+    dim: int = 384
+    model_version: str | None = None  # used when add() is given none
+    exact_limit: int = 50_000  # past this many shapes, switch from exact flat to HNSW
+    ef_search: int = 64
+    hnsw_m: int = 32
+    ef_construction: int = 40
+    tombstone_fraction: float = 0.2  # HNSW: compact once this share of vectors is removed
+    use_gpu: bool = True  # flat searches on a GPU copy when faiss sees a GPU
+
+
+class ShapeIndex:
+    def __init__(self, path, dim: int = 384, model_version: str | None = None,
+                 exact_limit: int = 50_000, **settings):
+        self.path = Path(path)
+        self.settings = Settings(dim=dim, model_version=model_version, exact_limit=exact_limit, **settings)
+        self.path.mkdir(parents=True, exist_ok=True)
+        saved = _read_settings(self.path)
+        if saved is not None and saved.get("dim") != dim:
+            raise ValueError(f"{self.path} holds dim {saved.get('dim')} vectors, not {dim}")
+        self._lock = threading.RLock()
+        self._lockfile = _lock_dir(self.path)
+        self._db = None
+        try:
+            _write_json_atomic(self.path / SETTINGS_FILE, asdict(self.settings))
+            self._db = db.connect(self.path / DB_FILE)
+            self._tombstones = {r[0] for r in self._db.execute("SELECT faiss_id FROM tombstones")}
+            self._gpu = None
+            self._dirty = False
+            self._index = self._reconcile(fi.read(self.path / INDEX_FILE, dim))
+        except BaseException:
+            if self._db is not None:
+                self._db.close()
+            self._lockfile.close()
+            raise
+
+    @classmethod
+    def open(cls, path, **overrides) -> "ShapeIndex":
+        """Open an existing index with the settings it was created with (``overrides`` win)."""
+        saved = _read_settings(Path(path))
+        if saved is None:
+            raise FileNotFoundError(f"no {SETTINGS_FILE} in {path}")
+        known = set(Settings.__dataclass_fields__)
+        return cls(path, **{**{k: v for k, v in saved.items() if k in known}, **overrides})
+
+    @property
+    def dim(self) -> int:
+        return self.settings.dim
+
+    @property
+    def kind(self) -> str:
+        """``"flat"`` (exact) or ``"hnsw"`` (approximate unfiltered search)."""
+        return fi.kind_of(self._index)
+
+    # --- writes -------------------------------------------------------------------------
+
+    def add(self, id: str, embedding, metadata: dict | None = None, model_version: str | None = None) -> None:
+        """Insert or replace (vector, metadata and model version) the shape ``id``."""
+        self.add_many([id], np.asarray(embedding)[None], [metadata], model_version)
+
+    def add_many(self, ids, embeddings, metadata=None, model_version: str | None = None) -> None:
+        """Batched ``add`` in one transaction; a repeated id in the batch keeps its last entry."""
+        ids = list(ids)
+        vectors = self._prepare(embeddings, len(ids))
+        metas = [None] * len(ids) if metadata is None else list(metadata)
+        if len(metas) != len(ids):
+            raise ValueError(f"{len(ids)} ids but {len(metas)} metadata entries")
+        for id_ in ids:
+            if not isinstance(id_, str) or not id_:
+                raise ValueError(f"ids must be non-empty strings, got {id_!r}")
+        encoded = [db.encode_metadata(m) for m in metas]
+        version = model_version if model_version is not None else self.settings.model_version
+        keep = sorted({id_: i for i, id_ in enumerate(ids)}.values())
+        now = time.time()
+        with self._lock:
+            old, new = [], []
+            with db.transaction(self._db) as c:
+                for i in keep:
+                    row = c.execute("DELETE FROM shapes WHERE id = ? RETURNING faiss_id", (ids[i],)).fetchone()
+                    if row:
+                        old.append(row[0])
+                    cur = c.execute(
+                        "INSERT INTO shapes (id, vector, metadata, model_version, added_at) VALUES (?, ?, ?, ?, ?)",
+                        (ids[i], db.encode_vector(vectors[i]), encoded[i], version, now),
+                    )
+                    new.append(cur.lastrowid)
+                self._tombstone(c, old)
+            self._drop(old)
+            fi.add(self._index, np.array(new, dtype=np.int64), vectors[keep])
+            self._changed()
+            if self.kind == fi.FLAT and len(self) > self.settings.exact_limit:
+                self._rebuild(fi.HNSW)
+
+    def remove(self, id: str) -> bool:
+        """Delete ``id``; False when it was not there."""
+        with self._lock:
+            with db.transaction(self._db) as c:
+                row = c.execute("DELETE FROM shapes WHERE id = ? RETURNING faiss_id", (id,)).fetchone()
+                if row is None:
+                    return False
+                self._tombstone(c, [row[0]])
+            self._drop([row[0]])
+            self._changed()
+            return True
+
+    def compact(self) -> None:
+        """Rebuild from stored vectors: drops HNSW tombstones, picks flat/HNSW by size."""
+        with self._lock:
+            self._rebuild(fi.FLAT if len(self) <= self.settings.exact_limit else fi.HNSW)
+
+    def save(self) -> None:
+        """Write the FAISS index atomically (temp file + os.replace). SQLite is already durable."""
+        with self._lock:
+            fi.write_atomic(self._index, self.path / INDEX_FILE)
+            self._dirty = False
+
+    def close(self, save: bool = True) -> None:
+        with self._lock:
+            if self._db is None:
+                return
+            if save and self._dirty:
+                self.save()
+            self._db.close()
+            self._db = None
+            self._lockfile.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- reads --------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._index.ntotal - len(self._tombstones)
+
+    def __contains__(self, id) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM shapes WHERE id = ?", (id,)).fetchone() is not None
+
+    def get(self, id: str) -> Record | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, metadata, model_version, added_at FROM shapes WHERE id = ?", (id,)
+            ).fetchone()
+        return None if row is None else Record(row[0], json.loads(row[1]), row[2], row[3])
+
+    def embedding(self, id: str) -> np.ndarray | None:
+        """The stored (unit-normalised) vector of ``id``, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT vector FROM shapes WHERE id = ?", (id,)).fetchone()
+        return None if row is None else db.decode_vectors([row[0]], self.dim)[0]
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT id FROM shapes ORDER BY faiss_id")]
+
+    def model_versions(self) -> dict[str | None, int]:
+        """Shape count per model version, to spot embeddings made by an older model."""
+        with self._lock:
+            rows = self._db.execute("SELECT model_version, count(*) FROM shapes GROUP BY model_version")
+            return {version: n for version, n in rows}
+
+    def search(self, query, k: int = 10, filter: dict | None = None):
+        """Nearest shapes by cosine. ``query`` [dim] gives a list of hits, [n, dim] a list per row.
+
+        ``filter`` maps top-level metadata keys to a value or a list of allowed values. Filtered
+        searches are exact: SQLite selects the matching faiss ids, and FAISS scans only those
+        vectors (bitmap selector over the flat storage, in HNSW mode too). Over-fetching from an
+        approximate index can miss the best match when few shapes pass the filter; the SQL
+        filter already costs a pass over the rows, so the exact scan is of the same order.
+        """
+        if k <= 0:
+            raise ValueError("k must be positive")
+        queries = np.asarray(query, dtype=np.float32)
+        single = queries.ndim == 1
+        queries = self._prepare(queries.reshape(1, -1) if single else queries, None)
+        with self._lock:
+            if filter:
+                where, params = db.filter_sql(filter)
+                allowed = np.array(
+                    [r[0] for r in self._db.execute(f"SELECT faiss_id FROM shapes WHERE {where}", params)],
+                    dtype=np.int64,
+                )
+                scores, labels = (fi.exact_search(self._index, queries, min(k, len(allowed)), allowed)
+                                  if len(allowed) else _no_hits(len(queries)))
+            elif len(self):
+                scores, labels = self._search_all(queries, min(k, len(self)))
+            else:
+                scores, labels = _no_hits(len(queries))
+            rows = self._rows_by_faiss_id(np.unique(labels[labels >= 0]).tolist())
+        hits = [
+            [Hit(rows[l][0], float(s), json.loads(rows[l][1])) for s, l in zip(srow, lrow) if l in rows]
+            for srow, lrow in zip(scores, labels.tolist())
+        ]
+        return hits[0] if single else hits
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _prepare(self, vectors, n: int | None) -> np.ndarray:
+        """Check shape and finiteness, then L2-normalise so inner product is cosine."""
+        v = np.asarray(vectors, dtype=np.float32)
+        if v.ndim != 2 or v.shape[1] != self.dim or (n is not None and v.shape[0] != n):
+            raise ValueError(f"expected {n if n is not None else 'n'} x {self.dim} vectors, got shape {v.shape}")
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        if not np.all(np.isfinite(v)) or np.any(norms == 0):
+            raise ValueError("vectors must be finite and non-zero")
+        return np.ascontiguousarray(v / norms)
+
+    def _tombstone(self, conn, faiss_ids) -> None:
+        """HNSW cannot remove: record the ids, inside the transaction that deletes their rows."""
+        if faiss_ids and self.kind == fi.HNSW:
+            conn.executemany("INSERT OR IGNORE INTO tombstones VALUES (?)", [(i,) for i in faiss_ids])
+
+    def _drop(self, faiss_ids) -> None:
+        """After the commit: remove from a flat index, or exclude from HNSW searches."""
+        if not faiss_ids:
+            return
+        if self.kind == fi.FLAT:
+            fi.remove(self._index, faiss_ids)
+        else:
+            self._tombstones.update(faiss_ids)
+
+    def _changed(self) -> None:
+        self._dirty, self._gpu = True, None
+        if self._tombstones and len(self._tombstones) > self.settings.tombstone_fraction * self._index.ntotal:
+            self.compact()
+
+    def _search_all(self, queries: np.ndarray, k: int):
+        if self.kind == fi.FLAT and self.settings.use_gpu:
+            if self._gpu is None:
+                self._gpu = fi.to_gpu(self._index) or False
+            if self._gpu:
+                try:
+                    return fi.search(self._gpu, queries, k)
+                except Exception:  # e.g. k beyond the GPU limit: the CPU copy answers
+                    pass
+        return fi.search(self._index, queries, k, self.settings.ef_search, exclude=self._tombstones)
+
+    def _rows_by_faiss_id(self, faiss_ids: list[int]) -> dict[int, tuple[str, str]]:
+        rows = {}
+        for start in range(0, len(faiss_ids), _SQL_CHUNK):
+            chunk = faiss_ids[start:start + _SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for fid, id_, meta in self._db.execute(
+                f"SELECT faiss_id, id, metadata FROM shapes WHERE faiss_id IN ({marks})", chunk
+            ):
+                rows[fid] = (id_, meta)
+        return rows
+
+    def _live_vectors(self, where: str = "1", params=(), batch: int = 10_000):
+        """Yield (faiss ids, vectors) chunks of live shapes from SQLite."""
+        cur = self._db.execute(f"SELECT faiss_id, vector FROM shapes WHERE {where} ORDER BY faiss_id", params)
+        while rows := cur.fetchmany(batch):
+            yield np.array([r[0] for r in rows], dtype=np.int64), db.decode_vectors([r[1] for r in rows], self.dim)
+
+    def _rebuild(self, kind: str) -> None:
+        s = self.settings
+        index = fi.new_index(kind, s.dim, s.hnsw_m, s.ef_construction)
+        for ids, vectors in self._live_vectors():
+            fi.add(index, ids, vectors)
+        with db.transaction(self._db) as c:
+            c.execute("DELETE FROM tombstones")
+        self._index, self._tombstones = index, set()
+        self._dirty, self._gpu = True, None
+
+    def _reconcile(self, index):
+        """Make the loaded FAISS index hold exactly the live ids (+ HNSW tombstones).
+
+        The saved file can lag SQLite (crash after a commit, before ``save``) or be missing or
+        unreadable (crash on first save). Faiss ids are never reused, so equal id sets mean
+        equal contents; otherwise the difference is patched from the stored vectors.
+        """
+        live = {r[0] for r in self._db.execute("SELECT faiss_id FROM shapes")}
+        have = fi.ids_of(index).tolist() if index is not None else []
+        if index is None or len(set(have)) != len(have):  # unreadable, or an id held twice
+            self._rebuild(fi.FLAT if len(live) <= self.settings.exact_limit else fi.HNSW)
+            self.save()
+            return self._index
+        self._index, have = index, set(have)
+        missing, gone = sorted(live - have), have - live
+        # Flat removes for real, so keeps no tombstones; HNSW keeps those still in the file.
+        stale = set(self._tombstones) if self.kind == fi.FLAT else self._tombstones - gone
+        forget = sorted(gone - (self._tombstones - stale))
+        if not (missing or stale or forget):
+            return index
+        with db.transaction(self._db) as c:
+            c.executemany("DELETE FROM tombstones WHERE faiss_id = ?", [(i,) for i in stale])
+            self._tombstone(c, forget)
+        self._tombstones -= stale
+        self._drop(forget)
+        for start in range(0, len(missing), _SQL_CHUNK):
+            chunk = missing[start:start + _SQL_CHUNK]
+            for ids, vectors in self._live_vectors(f"faiss_id IN ({','.join('?' * len(chunk))})", chunk):
+                fi.add(self._index, ids, vectors)
+        self._changed()
+        if self.kind == fi.FLAT and len(self) > self.settings.exact_limit:
+            self._rebuild(fi.HNSW)
+        self.save()
+        return self._index
+
+
+def _no_hits(n: int):
+    return np.zeros((n, 0), dtype=np.float32), np.zeros((n, 0), dtype=np.int64)
+
+
+def _read_settings(path: Path) -> dict | None:
+    try:
+        return json.loads((path / SETTINGS_FILE).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _lock_dir(path: Path):
+    """One ShapeIndex per directory: a second writer would save a FAISS file missing the
+    first one's vectors. flock is released by the OS when the process dies."""
+    f = open(path / LOCK_FILE, "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RuntimeError(f"{path} is already open in another ShapeIndex") from None
+    return f
