@@ -88,16 +88,19 @@ def restrict_to_category(part_logits: torch.Tensor, category_parts: dict, catego
 
 
 @torch.no_grad()
-def evaluate_seg(model, dataset, batch_size: int = 16) -> dict:
+def evaluate_seg(model, dataset, batch_size: int = 16, up_axis: str = "y") -> dict:
     """Part mIoU on a procedural (or any ShapeNetPart-like) data set: instance and class mIoU with the
-    true category (protocol), and with the category inferred from the part logits."""
+    true category (protocol), and with the category inferred from the part logits. The data's
+    `up_axis` (procedural shapes: y) is rotated onto the model's frame first."""
     from recon_serve.geometry.normalise import normalise
+    from recon_serve.geometry.preprocess import up_rotation
 
+    to_model = up_rotation(up_axis)
     model.eval()
     cats = [dataset.categories[i] for i in dataset.category_ids]
     preds, preds_free, free_cats = [], [], []
     for i in range(0, len(dataset.points), batch_size):
-        x = torch.from_numpy(np.stack([normalise(p) for p in dataset.points[i : i + batch_size]]))
+        x = torch.from_numpy(np.stack([normalise(p @ to_model.T) for p in dataset.points[i : i + batch_size]]))
         logits = model(x)["part_logits"]
         for j, lg in enumerate(logits):
             preds.append(restrict_to_category(lg, dataset.category_parts, cats[i + j])[0])

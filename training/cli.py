@@ -70,6 +70,7 @@ def run_seg_stage(recipe: Recipe, run: Path, init, per_category: int, points: in
     from recon_serve.data.procedural import generate_dataset
     from recon_serve.evaluate import evaluate_seg
     from recon_serve.geometry.normalise import normalise
+    from recon_serve.geometry.preprocess import up_rotation
 
     out = run / "seg.pt"
     if out.exists():
@@ -78,7 +79,8 @@ def run_seg_stage(recipe: Recipe, run: Path, init, per_category: int, points: in
     train_set = generate_dataset(per_category=per_category, seed=seed, split="train", n_points=points, progress=True)
     model, ckpt = create_model(init)
     model.set_num_parts(len(train_set.part_names))
-    pts = np.stack([normalise(p) for p in train_set.points])
+    to_model = up_rotation("y")  # procedural shapes are y-up; the model frame is z-up (ModelNet10)
+    pts = np.stack([normalise(p @ to_model.T) for p in train_set.points])
     history = (ckpt or {}).get("recipe", {}).get("stages", [])
     ema = train(model.train(), (pts, train_set.labels), recipe, run, ckpt.get("class_names") or [], log=log)
     test_set = generate_dataset(per_category=test_per_category, seed=seed, split="test", n_points=points)

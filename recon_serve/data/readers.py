@@ -15,6 +15,10 @@ MESH_EXTS = (".obj", ".stl", ".ply", ".glb", ".gltf", ".3mf")
 SUPPORTED_EXTS = (".pcd", ".off", ".txt", ".npy") + MESH_EXTS
 
 
+class NonFiniteError(ValueError):
+    """A file whose coordinates include NaN or infinity (a ValueError, so old callers still catch it)."""
+
+
 def _read_bytes(path_or_bytes) -> bytes:
     """Accept a path or the file's bytes, so servers can read uploads without temp files."""
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
@@ -122,7 +126,7 @@ def read_off(path_or_bytes) -> tuple[np.ndarray, np.ndarray]:
     except ValueError as e:
         raise ValueError("invalid OFF vertex line (needs 3 numbers)") from e
     if not np.isfinite(verts).all():
-        raise ValueError("OFF file has non-finite vertex coordinates")
+        raise NonFiniteError("OFF file has non-finite vertex coordinates")
     return verts.astype(np.float32), _off_faces(body[nv:nv + nf], nv)
 
 
@@ -168,6 +172,18 @@ def read_shapenetpart_txt(path_or_bytes) -> tuple[np.ndarray, np.ndarray, np.nda
     return arr[:, :3].astype(np.float32), arr[:, 3:6].astype(np.float32), labels.astype(np.int64)
 
 
+def read_npz_points(path_or_bytes, key: str = "points") -> np.ndarray:
+    """An .npz point cloud as float32 [N,3]: the array named `key` if there is one, else the first."""
+    src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else path_or_bytes
+    with np.load(src, allow_pickle=False) as z:
+        if not z.files:
+            raise ValueError("npz file holds no arrays")
+        arr = z[key if key in z.files else z.files[0]]
+    if arr.ndim != 2 or arr.shape[1] < 3:
+        raise ValueError(f"expected a [N,3] point array, got shape {arr.shape}")
+    return arr[:, :3].astype(np.float32)
+
+
 def read_scanobjectnn_h5(path, with_mask: bool = False):
     """ScanObjectNN h5 as (points [M,N,3], labels int64 [M]), plus mask [M,N] or None if asked."""
     import h5py
@@ -201,25 +217,32 @@ def sample_mesh(vertices, faces, n: int, seed: int = 0) -> np.ndarray:
     return pts.astype(np.float32)
 
 
-def _resample(points: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Exactly n points: unchanged if n already, a subset if more, repeats only if fewer."""
+def resample_points(points: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Exactly n points, seeded: unchanged if n already, a random subset (no repeats) if more, and
+    if fewer every point once plus random repeats, shuffled."""
+    points = np.asarray(points)
     if len(points) == n:
         return points.astype(np.float32)
     rng = np.random.default_rng(seed)
-    idx = rng.choice(len(points), size=n, replace=len(points) < n)
+    if len(points) > n:
+        idx = rng.choice(len(points), size=n, replace=False)
+    else:
+        idx = rng.permutation(np.concatenate([np.arange(len(points)), rng.choice(len(points), size=n - len(points))]))
     return points[idx].astype(np.float32)
 
 
-def _trimesh_geometry(data: bytes, ext: str) -> tuple[np.ndarray, np.ndarray]:
+
+def _trimesh_geometry(data: bytes, ext: str, process: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(vertices, faces) of every mesh in a trimesh file, world transforms applied; faces may be empty.
 
     force="scene" rather than "mesh": "mesh" drops vertex-only PLY clouds and, for textured
-    OBJ, deep-copies materials, which needs Pillow.
+    OBJ, deep-copies materials, which needs Pillow. process=True lets trimesh merge vertices and
+    silently drop non-finite ones (with their faces); read_trimesh keeps the raw data instead.
     """
     import trimesh
 
     try:
-        scene = trimesh.load(io.BytesIO(data), file_type=ext, force="scene")
+        scene = trimesh.load(io.BytesIO(data), file_type=ext, force="scene", process=process)
     except ImportError:
         raise
     except Exception as e:  # trimesh raises many types on malformed input
@@ -238,13 +261,53 @@ def _trimesh_geometry(data: bytes, ext: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(verts), np.concatenate(faces)
 
 
+# Each pattern starts with a literal newline (faster than ^ with re.M); callers prepend one.
+_OBJ_SHORT_FACE = re.compile(rb"\n[ \t]*f(?:[ \t]+[^ \t\r\n]+){0,2}[ \t]*\r?(?=\n|$)")
+_OBJ_ZERO_INDEX = re.compile(rb"\n[ \t]*f[ \t](?:[^\n]*[ \t])?[-+]?0+(?=[/ \t\r\n]|$)")
+_OBJ_NEGATIVE_FACE = re.compile(rb"\n[ \t]*f[ \t][^\n]*?[ \t]-\d")
+_OBJ_VERTEX = re.compile(rb"\n[ \t]*v[ \t]")
+
+
+def _line_at(data: bytes, pos: int) -> str:
+    end = data.find(b"\n", pos + 1)
+    return data[pos:end if end >= 0 else len(data)].strip().decode("latin-1")[:80]
+
+
+def check_obj_faces(data: bytes) -> None:
+    """Raise ValueError for OBJ face lines that trimesh would silently drop or misread.
+
+    A face needs >= 3 vertices (trimesh drops shorter ones) and OBJ indices start at 1 (trimesh
+    misreads 0). Negative indices count back from the vertices read so far, but trimesh
+    counts from the end of the file, so they are refused when more vertices follow them.
+    About 1.5 s for a 50 MB OBJ.
+    """
+    text = b"\n" + data
+    if m := _OBJ_SHORT_FACE.search(text):
+        raise ValueError(f"OBJ face with fewer than 3 vertices: {_line_at(text, m.start())!r}")
+    if m := _OBJ_ZERO_INDEX.search(text):
+        raise ValueError(f"OBJ face index 0 (indices start at 1): {_line_at(text, m.start())!r}")
+    if (m := _OBJ_NEGATIVE_FACE.search(text)) and _OBJ_VERTEX.search(text, m.end()):
+        raise ValueError("OBJ relative (negative) face indices followed by more vertices are not supported")
+
+
+def read_trimesh(data: bytes, ext: str) -> tuple[np.ndarray, np.ndarray]:
+    """Raw (vertices float64 [V,3], faces int64 [F,3]) of an OBJ/STL/PLY/GLB/glTF/3MF/STEP file.
+
+    Nothing is repaired: non-finite vertices and out-of-range faces stay for the caller to refuse
+    (trimesh's processing would drop them silently), and malformed OBJ faces raise ValueError.
+    """
+    if ext.lower() == "obj":
+        check_obj_faces(data)
+    return _trimesh_geometry(data, ext, process=False)
+
+
 def _surface_or_points(vertices, faces, n: int, seed: int, name: str) -> np.ndarray:
     """Sample the surface if there are faces, else resample the vertices as a point cloud."""
     if len(vertices) == 0:
         raise ValueError(f"{name} is empty")
     if len(faces):
         return sample_mesh(vertices, faces, n, seed)
-    return _resample(np.asarray(vertices), n, seed)
+    return resample_points(np.asarray(vertices), n, seed)
 
 
 def load_points(path, n: int = 1024, seed: int = 0, data: bytes | None = None) -> np.ndarray:
@@ -263,7 +326,7 @@ def load_points(path, n: int = 1024, seed: int = 0, data: bytes | None = None) -
         cloud = reader(raw)
         if len(cloud) == 0:
             raise ValueError(f"{name} is empty")
-        pts = _resample(cloud, n, seed)
+        pts = resample_points(cloud, n, seed)
     if not np.isfinite(pts).all():
-        raise ValueError(f"{name} has non-finite coordinates")
+        raise NonFiniteError(f"{name} has non-finite coordinates")
     return pts
