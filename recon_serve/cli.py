@@ -5,6 +5,7 @@
     recon-serve info [--checkpoint PATH]
     recon-serve export [CHECKPOINT] --out DIR [--mode auto|custom_op|pure]
     recon-serve check-export DIR --json FILE [--checkpoint CKPT]
+    recon-serve serve [--host H] [--port P] [--index DIR] [--checkpoint PATH] [--backend onnxruntime|torch|URL]
 """
 from __future__ import annotations
 
@@ -115,6 +116,25 @@ def _check_export(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    import logging
+
+    import uvicorn
+
+    from recon_serve.api.app import RequestIdFilter, create_app
+    from recon_serve.settings import Settings
+
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    settings = Settings.from_env(checkpoint=args.checkpoint, backend=args.backend, index_dir=args.index,
+                                 max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, api_keys=args.api_keys,
+                                 threads=args.threads, cache_dir=args.cache_dir)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="recon-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -149,6 +169,19 @@ def main(argv=None) -> int:
     c.add_argument("--checkpoint", help="checkpoint (default: the one named in the model card)")
     c.add_argument("--data", help="data root for ModelNet10 test clouds (default $RECON_DATA or ../shared/data)")
     c.set_defaults(fn=_check_export)
+    v = sub.add_parser("serve", help="run the HTTP server (settings also from RECON_* environment variables)")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--index", help="shape index directory (default $RECON_INDEX_DIR or ./index)")
+    v.add_argument("--checkpoint", help="checkpoint or model repository (default: the shipped model)")
+    v.add_argument("--backend", help="onnxruntime (default) | torch | Triton URL http://host:8000")
+    v.add_argument("--max-batch", type=int, help="most shapes per model call")
+    v.add_argument("--max-wait-ms", type=float, help="longest wait to fill a batch")
+    v.add_argument("--api-keys", help="comma-separated keys; write endpoints then need X-API-Key")
+    v.add_argument("--threads", type=int, help="intra-op threads for the backend")
+    v.add_argument("--cache-dir", help="exported ONNX cache (default ~/.cache/recon-serve/onnx)")
+    v.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    v.set_defaults(fn=_serve)
     args = ap.parse_args(argv)
     return args.fn(args)
 

@@ -75,9 +75,19 @@ class UnknownLabelSet(ShapeError):
     code, status = "unknown_label_set", 400
 
 
+class NotFound(ShapeError):
+    """The request names a shape id the index does not hold."""
+    code, status = "not_found", 404
+
+
+class Unauthorized(ShapeError):
+    """A write endpoint was called without a valid X-API-Key header while keys are configured."""
+    code, status = "unauthorized", 401
+
+
 ERRORS: tuple[type[ShapeError], ...] = (
     UnsupportedFormat, EmptyShape, BrokenFile, NonFiniteCoordinates, TooManyPoints, TooManyFaces,
-    PayloadTooLarge, DecodeTimeout, InvalidPoints, BadRequest, UnknownLabelSet,
+    PayloadTooLarge, DecodeTimeout, InvalidPoints, BadRequest, UnknownLabelSet, NotFound, Unauthorized,
 )
 BY_CODE: dict[str, type[ShapeError]] = {cls.code: cls for cls in ERRORS}
 assert len(BY_CODE) == len(ERRORS), "error codes must be unique"

@@ -54,6 +54,8 @@ def test_error_table():
         "InvalidPoints": ("invalid_points", 422),
         "BadRequest": ("bad_request", 400),
         "UnknownLabelSet": ("unknown_label_set", 400),
+        "NotFound": ("not_found", 404),
+        "Unauthorized": ("unauthorized", 401),
     }
     err = UnknownLabelSet("no label set 'foo'")
     assert isinstance(err, ShapeError) and err.to_dict() == {"error": "unknown_label_set", "detail": "no label set 'foo'"}

@@ -1,0 +1,52 @@
+"""Search the shape index by text (the embedding lives in the text teacher's space) or by a shape."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from recon_serve.api import schemas
+from recon_serve.api.inputs import as_int, as_json_object, read_input, run_shape, unit
+from recon_serve.api.state import AppState, get_state
+from recon_serve.errors import BadRequest, NotFound
+
+router = APIRouter(prefix="/v1/search", responses=schemas.ERROR_RESPONSES)
+MAX_K = 1000
+
+
+async def _search(state: AppState, vector, k: int, filter: dict | None, exclude: str | None = None) -> dict:
+    with state.metrics.time_stage("search"):
+        try:
+            hits = await run_in_threadpool(state.index.search, vector, k + (exclude is not None), filter)
+        except (TypeError, ValueError) as e:  # bad filter values
+            raise BadRequest(f"invalid search: {e}") from None
+    hits = [h for h in hits if h.id != exclude][:k]
+    return {"hits": [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits],
+            "model_version": state.backend.version}
+
+
+@router.post("/text", response_model=schemas.SearchResponse)
+async def search_text(body: schemas.TextSearchRequest, state: AppState = Depends(get_state)):
+    """Shapes nearest to a text query (its teacher embedding) by cosine."""
+    with state.metrics.time_stage("text"):
+        vector = await run_in_threadpool(state.text.text_vector, body.text)
+    return await _search(state, vector, body.k, body.filter)
+
+
+@router.post("/shape", response_model=schemas.SearchResponse, openapi_extra=schemas.shape_body(
+    {"id": {"type": "string", "description": "search with a stored shape instead of an upload"},
+     "k": {"type": "integer", "default": 10}, "filter": {"type": "object"}}, json_required=()))
+async def search_shape(request: Request, state: AppState = Depends(get_state)):
+    """Shapes nearest to an uploaded shape, or to a stored one (`id`, which is left out of the hits)."""
+    inp = await read_input(request, state)
+    k = as_int(inp.get("k"), "k", 10, 1, MAX_K)
+    filter = as_json_object(inp.fields.get("filter"), "filter")
+    shape_id = inp.get("id")
+    if inp.has_shape:
+        _, out = await run_shape(state, inp)
+        return await _search(state, unit(out["embedding"]), k, filter)
+    if shape_id is None:
+        raise BadRequest("send a shape (multipart 'file' or JSON 'points') or the 'id' of a stored shape")
+    vector = state.index.embedding(str(shape_id))
+    if vector is None:
+        raise NotFound(f"no shape with id {shape_id!r}")
+    return await _search(state, vector, k, filter, exclude=str(shape_id))

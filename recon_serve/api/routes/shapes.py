@@ -1,0 +1,144 @@
+"""Per-shape inference (classify, segment, zero-shot, embed) and the shape library (add, get, delete)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Depends, Request, Response
+
+from recon_serve.api import schemas
+from recon_serve.api.inputs import as_int, as_json_object, read_input, run_shape, unit
+from recon_serve.api.state import MAX_LABELS, AppState, get_state, require_api_key
+from recon_serve.errors import BadRequest, NotFound, UnknownLabelSet
+
+router = APIRouter(prefix="/v1", responses=schemas.ERROR_RESPONSES)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+@router.post("/classify", response_model=schemas.ClassifyResponse, openapi_extra=schemas.shape_body(
+    {"k": {"type": "integer", "default": 5, "description": "how many labels"}}))
+async def classify(request: Request, state: AppState = Depends(get_state)):
+    """Top-k class labels with probabilities."""
+    inp = await read_input(request, state)
+    names = state.backend.model_card.get("class_names") or []
+    k = as_int(inp.get("k"), "k", min(5, max(1, len(names))), 1, max(1, len(names)))
+    _, out = await run_shape(state, inp)
+    if "logits" not in out or not names:
+        raise UnknownLabelSet("this model has no classification head or class names; use /v1/zero-shot")
+    probs = _softmax(out["logits"].astype(np.float64))
+    top = np.argsort(-probs)[:k]
+    return {"labels": [{"label": names[i], "probability": float(probs[i])} for i in top],
+            "model_version": state.backend.version}
+
+
+@router.post("/segment", response_model=schemas.SegmentResponse, openapi_extra=schemas.shape_body(
+    {"category": {"type": "string", "description": "use this category's parts (default: the most likely)"}}))
+async def segment(request: Request, state: AppState = Depends(get_state)):
+    """One part label per sampled point, restricted to the most likely category's parts."""
+    from recon_serve.evaluate import restrict_to_category
+
+    inp = await read_input(request, state)
+    card = state.backend.model_card
+    prepared, out = await run_shape(state, inp)
+    if "part_logits" not in out:
+        raise UnknownLabelSet("this model has no part segmentation head")
+    logits = torch.from_numpy(np.asarray(out["part_logits"], dtype=np.float32))
+    parts = {str(c): list(p) for c, p in (card.get("category_parts") or {}).items()}
+    category = inp.get("category")
+    if category is not None and str(category) not in parts:
+        raise UnknownLabelSet(f"unknown category {category!r}; known: {sorted(parts)}")
+    if parts:
+        labels, category = restrict_to_category(logits, parts, category)
+    else:
+        labels, category = logits.argmax(-1).numpy(), None
+    names = card.get("part_names") or [str(i) for i in range(logits.shape[-1])]
+    return {"points": prepared.to_input(prepared.points).tolist(), "labels": [int(x) for x in labels],
+            "part_names": list(names), "category": category, "model_version": state.backend.version}
+
+
+def _labels(value) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if (not isinstance(value, list) or len(value) == 0 or
+            not all(isinstance(v, str) and v.strip() and len(v) <= 200 for v in value)):
+        raise BadRequest("labels must be a non-empty list of non-empty strings (at most 200 characters each)")
+    if len(value) == 1 and value[0].lstrip().startswith("["):  # a form field holding a JSON list
+        import json
+
+        try:
+            return _labels(json.loads(value[0]))
+        except ValueError:
+            raise BadRequest("labels: a form field starting with '[' must be a JSON list") from None
+    if len(value) > MAX_LABELS:
+        raise BadRequest(f"at most {MAX_LABELS} labels, got {len(value)}")
+    return [v.strip() for v in value]
+
+
+@router.post("/zero-shot", response_model=schemas.ZeroShotResponse, openapi_extra=schemas.shape_body(
+    {"labels": {"type": "array", "items": {"type": "string"}, "example": ["chair", "table", "lamp"]}},
+    json_required=("points", "labels")))
+async def zero_shot(request: Request, state: AppState = Depends(get_state)):
+    """Scores for free-text labels: cosine of the shape embedding with prompt-ensemble label embeddings."""
+    from starlette.concurrency import run_in_threadpool
+
+    inp = await read_input(request, state)
+    labels = _labels(inp.fields.get("labels"))
+    _, out = await run_shape(state, inp)
+    with state.metrics.time_stage("text"):
+        weights = await run_in_threadpool(state.text.label_weights, tuple(labels))
+    sims = weights @ unit(out["embedding"])
+    probs = _softmax(100.0 * sims.astype(np.float64))
+    order = np.argsort(-sims)
+    return {"scores": [{"label": labels[i], "similarity": float(sims[i]), "probability": float(probs[i])} for i in order],
+            "model_version": state.backend.version}
+
+
+@router.post("/embed", response_model=schemas.EmbedResponse, openapi_extra=schemas.shape_body())
+async def embed(request: Request, state: AppState = Depends(get_state)):
+    """The shape's global embedding (unit length, in the text teacher's space)."""
+    inp = await read_input(request, state)
+    _, out = await run_shape(state, inp)
+    e = unit(out["embedding"])
+    return {"embedding": e.tolist(), "dim": int(e.shape[0]), "model_version": state.backend.version}
+
+
+def _record(rec) -> dict:
+    return {"id": rec.id, "metadata": rec.metadata, "model_version": rec.model_version, "added_at": rec.added_at}
+
+
+@router.post("/shapes", status_code=201, response_model=schemas.ShapeRecord, dependencies=[Depends(require_api_key)],
+             openapi_extra=schemas.shape_body({"id": {"type": "string"}, "metadata": {"type": "object"}},
+                                              json_required=("id", "points")))
+async def add_shape(request: Request, state: AppState = Depends(get_state)):
+    """Embed a shape and store it in the index under `id` (replacing any shape with that id)."""
+    from starlette.concurrency import run_in_threadpool
+
+    inp = await read_input(request, state)
+    shape_id = inp.get("id")
+    if not isinstance(shape_id, str) or not shape_id.strip() or len(shape_id) > 512:
+        raise BadRequest("id must be a non-empty string of at most 512 characters")
+    metadata = as_json_object(inp.get("metadata"), "metadata") or {}
+    _, out = await run_shape(state, inp)
+    try:
+        await run_in_threadpool(state.index.add, shape_id, unit(out["embedding"]), metadata, state.backend.version)
+    except (TypeError, ValueError) as e:  # metadata that JSON cannot store (NaN, ...)
+        raise BadRequest(f"cannot store this shape: {e}") from None
+    return _record(state.index.get(shape_id))
+
+
+@router.get("/shapes/{shape_id:path}", response_model=schemas.ShapeRecord)
+def get_shape(shape_id: str, state: AppState = Depends(get_state)):
+    rec = state.index.get(shape_id)
+    if rec is None:
+        raise NotFound(f"no shape with id {shape_id!r}")
+    return _record(rec)
+
+
+@router.delete("/shapes/{shape_id:path}", status_code=204, dependencies=[Depends(require_api_key)])
+def delete_shape(shape_id: str, state: AppState = Depends(get_state)):
+    if not state.index.remove(shape_id):
+        raise NotFound(f"no shape with id {shape_id!r}")
+    return Response(status_code=204)

@@ -1,0 +1,28 @@
+"""Where inference runs: `load_backend(settings)` picks torch, ONNX Runtime or a Triton server."""
+from __future__ import annotations
+
+from recon_serve.backends.base import Backend
+from recon_serve.backends.batcher import Batcher
+
+
+def load_backend(settings) -> Backend:
+    from recon_serve.model.factory import DEFAULT_CHECKPOINT
+
+    checkpoint = settings.checkpoint or str(DEFAULT_CHECKPOINT)
+    kind = settings.backend
+    if kind == "torch":
+        from recon_serve.backends.torch_backend import TorchBackend
+
+        return TorchBackend(checkpoint, threads=settings.threads)
+    if kind in ("onnxruntime", "ort"):
+        from recon_serve.backends.ort_backend import OrtBackend
+
+        return OrtBackend(checkpoint, settings.cache_dir, threads=settings.threads)
+    if kind.startswith(("http://", "https://", "triton://")):
+        from recon_serve.backends.triton_backend import TritonBackend
+
+        return TritonBackend(kind.replace("triton://", "http://", 1), repository=settings.checkpoint)
+    raise ValueError(f"backend must be onnxruntime, torch or a Triton URL (http://host:port), not {kind!r}")
+
+
+__all__ = ["Backend", "Batcher", "load_backend"]

@@ -1,0 +1,47 @@
+"""Inference on a Triton server over HTTP (model `recon_python`, as `recon-serve export` writes it).
+
+Triton does not serve model_card.json, so the card is read from the local copy of the model
+repository when `repository` is given (labels need it); otherwise only the embedding is meaningful.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from recon_serve.backends.base import Backend, version_of
+
+MODEL = "recon_python"
+
+
+class TritonBackend(Backend):
+    name = "triton"
+
+    def __init__(self, url: str, repository: str | Path | None = None, model: str = MODEL):
+        import tritonclient.http as httpclient
+
+        parsed = urlparse(url if "://" in url else f"http://{url}")
+        self.client = httpclient.InferenceServerClient(parsed.netloc, ssl=parsed.scheme == "https")
+        self.model = model
+        self._http = httpclient
+        meta = self.client.get_model_metadata(model)
+        self.outputs = [o["name"] for o in meta["outputs"]]
+        self.model_card = {"version": meta.get("versions", ["?"])[-1]}
+        if repository is not None:
+            from recon_serve.backends.ort_backend import _version_dir
+
+            self.model_card = json.loads((_version_dir(Path(repository)) / "model_card.json").read_text())
+        self.version = version_of(self.model_card)
+
+    def infer(self, points: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(points, dtype=np.float32)
+        inp = self._http.InferInput("points", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        outs = [self._http.InferRequestedOutput(n) for n in self.outputs]
+        result = self.client.infer(self.model, [inp], outputs=outs)
+        return {n: result.as_numpy(n) for n in self.outputs}
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,84 @@
+"""One settings object for the server, read from RECON_* environment variables, then CLI overrides.
+
+A plain dataclass (no pydantic-settings): every field has a default, `from_env` parses the
+environment once, and `replace(**overrides)` applies command-line flags on top.
+
+    RECON_CHECKPOINT        checkpoint .pt, or a model repository / version directory (default: shipped model)
+    RECON_BACKEND           onnxruntime (default) | torch | http://triton-host:8000
+    RECON_INDEX_DIR         shape index directory (default: index)
+    RECON_CACHE_DIR         where exported ONNX graphs are cached (default: ~/.cache/recon-serve/onnx)
+    RECON_MAX_UPLOAD_BYTES, RECON_MAX_POINTS, RECON_MAX_FACES, RECON_DECODE_TIMEOUT_S, RECON_DECODE_WORKERS
+    RECON_MAX_SAMPLE_POINTS largest n_points a request may ask for
+    RECON_MAX_BATCH, RECON_MAX_WAIT_MS   request batching
+    RECON_API_KEYS          comma-separated; when set, write endpoints need the X-API-Key header
+    RECON_THREADS           intra-op threads for torch / ONNX Runtime (default: library default)
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recon_serve.geometry.decode import MiB, DecodeLimits
+
+
+def _default_cache() -> str:
+    return str(Path(os.environ.get("RECON_SERVE_CACHE", Path.home() / ".cache" / "recon-serve")) / "onnx")
+
+
+@dataclass(frozen=True)
+class Settings:
+    checkpoint: str | None = None
+    backend: str = "onnxruntime"
+    index_dir: str = "index"
+    cache_dir: str = field(default_factory=_default_cache)
+    max_upload_bytes: int = 64 * MiB
+    max_points: int = 2_000_000
+    max_faces: int = 4_000_000
+    decode_timeout_s: float = 30.0
+    decode_workers: int = 1
+    max_sample_points: int = 16_384
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    api_keys: tuple[str, ...] = ()
+    threads: int | None = None
+
+    @classmethod
+    def from_env(cls, env=None, **overrides) -> "Settings":
+        """Settings from RECON_<FIELD> variables; keyword overrides (None = not given) win."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"RECON_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("api_keys"), str):
+            values["api_keys"] = _parse("api_keys", values["api_keys"])
+        return cls(**values)
+
+    def replace(self, **overrides) -> "Settings":
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(max_bytes=self.max_upload_bytes, max_points=self.max_points,
+                            max_faces=self.max_faces, timeout_s=self.decode_timeout_s)
+
+
+_INTS = {"max_upload_bytes", "max_points", "max_faces", "decode_workers", "max_sample_points", "max_batch", "threads"}
+_FLOATS = {"decode_timeout_s", "max_wait_ms"}
+
+
+def _parse(name: str, raw: str):
+    try:
+        if name in _INTS:
+            return int(raw)
+        if name in _FLOATS:
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"RECON_{name.upper()}={raw!r} is not a number") from None
+    if name == "api_keys":
+        return tuple(k.strip() for k in raw.split(",") if k.strip())
+    return raw
