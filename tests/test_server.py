@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import subprocess
 import sys
-import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +17,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recon_client import ReconClient, ReconError  # noqa: E402
+from server_util import Server  # noqa: E402
 
 SHARED = Path(os.environ.get("RECON_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MESHES = SHARED / "meshes"
@@ -28,49 +27,6 @@ MODELNET = SHARED / "modelnet10"
 CLASSES = ["bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet"]
 PARTS = ["seat", "back", "leg", "top", "base"]
 N = 256  # the micro model's points
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`recon-serve serve` in a subprocess; `stop()` sends SIGTERM (graceful: the index is saved)."""
-
-    def __init__(self, checkpoint: Path, index: Path, cache: Path, log: Path, **env):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = {**os.environ, "RECON_CACHE_DIR": str(cache), "RECON_THREADS": "1",
-                   **{f"RECON_{k.upper()}": str(v) for k, v in env.items()}}
-        self.log = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recon_serve.cli", "serve", "--port", str(self.port), "--index", str(index),
-             "--checkpoint", str(checkpoint), "--backend", "onnxruntime", "--log-level", "warning"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=environ, cwd=Path(__file__).resolve().parents[1])
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {log}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"server not ready in time; see {log}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,337 @@
+"""recon-serve over HTTP vs bare in-process inference: classify latency, server overhead, throughput.
+
+One run, one server (`recon-serve serve`, ORT backend, started on a free port like the tests do),
+the same model in this process on the same exported graph and thread count (--threads, default 2):
+
+1. Latency, round-robin after warm-up (every runner called once per round, start rotated per
+   round, so machine noise hits all alike), --repeats rounds; p50 / p95 / mean ms of
+     bare ORT          session.run on the exported model.onnx the server loads (its ONNX cache), batch 1,
+                       on the already prepared cloud (num_points from the model card)
+     in-proc points    what the server does for a JSON body, in this process: json.loads ->
+                       decode_points_json -> prepare (sample + normalise) -> session.run
+     HTTP points       POST /v1/classify, JSON body {"points": 1,024 x 3} (encoded once, before timing)
+     in-proc mesh      the server's mesh pipeline without HTTP: decode in a Decoder worker process (as the
+                       server does) -> prepare (area-weighted surface sample + normalise) -> session.run
+     HTTP mesh         POST /v1/classify, multipart upload of a generated mesh: an icosphere subdivided
+                       to 81,920 faces (--subdivisions 6; 7 gives 327,680), bumped, binary STL
+   Server overhead for point input = p50(HTTP points) / p50(bare ORT) - 1, in percent (goal <= 20%).
+   It includes the HTTP client (httpx, this process), parsing, preprocessing and the batcher: a lone
+   request waits up to the server's max_wait_ms (default 5 ms) for company before its model call
+   (--max-wait-ms sets it, e.g. 0, to see that share).
+2. Throughput of HTTP points at 1, 8 and 32 concurrent clients (--concurrency): each client is a
+   thread with its own keep-alive httpx.Client sending requests back to back; requests/s = all
+   requests / wall time. Levels are interleaved over --rounds rounds (default 3), about
+   --requests per level in all (default 4 x repeats, rounded up to whole rounds of equal work per
+   client); one untimed burst per level warms up first. Mean batch size comes from the server's
+   /metrics (recon_batch_size). The clients share the machine with the server (Python threads: on a
+   2-core machine they take CPU the server could use).
+
+Model: --checkpoint, else models/default/recon_default.pt when it exists, else the `tiny` config with
+random weights (seed 0, 10 classes); the output says which. The graph is exported into the server's
+ONNX cache (RECON_CACHE_DIR, else ~/.cache/recon-serve/onnx) once; later runs reuse it.
+
+Run:  python bench/bench_server.py [--checkpoint PATH] [--repeats 50] [--threads 2]
+                                   [--max-batch N] [--max-wait-ms MS] [--json bench/results/server.json]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tests"))
+from bench_encoder import cpu_model  # noqa: E402
+from server_util import Server  # noqa: E402  (tests/server_util.py: the tests' server launcher)
+
+from recon_serve.model.factory import DEFAULT_CHECKPOINT  # noqa: E402
+
+NUM_POINTS = 1024
+WARMUP = 5
+OVERHEAD_GOAL_PCT = 20.0
+CLASSES = ["bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet"]
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+def resolve_checkpoint(checkpoint: str | None, tmp: Path) -> tuple[Path, str]:
+    if checkpoint or DEFAULT_CHECKPOINT.is_file():
+        path = Path(checkpoint or DEFAULT_CHECKPOINT)
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such checkpoint")
+        return path, f"checkpoint {path}"
+    import torch
+
+    from recon_serve.model.checkpoint import save_checkpoint
+    from recon_serve.model.factory import create_model
+
+    torch.manual_seed(0)
+    model, _ = create_model("tiny", num_classes=len(CLASSES))
+    path = tmp / "tiny_random.pt"
+    save_checkpoint(path, model.eval(), class_names=CLASSES)
+    return path, f"tiny config, random weights, 10 classes ({DEFAULT_CHECKPOINT} not found)"
+
+
+def make_mesh(path: Path, subdivisions: int) -> dict:
+    """A bumpy icosphere (20 * 4**subdivisions faces) as binary STL."""
+    import trimesh
+
+    mesh = trimesh.creation.icosphere(subdivisions=subdivisions)
+    v = mesh.vertices
+    bump = 1 + 0.15 * np.sin(5 * v[:, 0]) * np.sin(4 * v[:, 1]) + 0.1 * np.cos(6 * v[:, 2])
+    mesh = trimesh.Trimesh(v * bump[:, None] * [1.0, 0.7, 1.3], mesh.faces, process=False)
+    mesh.export(path, file_type="stl")
+    return {"file": path.name, "format": "binary STL", "faces": int(len(mesh.faces)),
+            "vertices": int(len(mesh.vertices)), "bytes": path.stat().st_size}
+
+
+# ---- timing -------------------------------------------------------------------------------------
+def round_robin(runners: dict, repeats: int) -> dict:
+    """{key: fn} -> {key: [seconds per call]}: WARMUP calls each, then `repeats` rounds calling every fn once."""
+    for fn in runners.values():
+        for _ in range(WARMUP):
+            fn()
+    keys = list(runners)
+    times = {k: [] for k in keys}
+    for r in range(repeats):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            t0 = time.perf_counter()
+            runners[k]()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def latency_stats(seconds: list[float]) -> dict:
+    t = np.array(seconds) * 1e3
+    return {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95)),
+            "mean_ms": float(t.mean()), "n": int(len(t))}
+
+
+def batch_metrics(url: str) -> tuple[float, float]:
+    """(recon_batch_size_sum, _count) from the server's /metrics."""
+    total = count = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("recon_batch_size_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("recon_batch_size_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def burst(clients: list[httpx.Client], per_client: int, body: bytes) -> float:
+    """Every client sends `per_client` classify requests back to back, all at once; wall seconds."""
+    start = threading.Barrier(len(clients) + 1)
+    errors: list[str] = []
+
+    def work(c: httpx.Client) -> None:
+        start.wait()
+        for _ in range(per_client):
+            r = c.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+            if r.status_code != 200:
+                errors.append(f"{r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"{len(errors)} failed requests, e.g. {errors[0]}")
+    return seconds
+
+
+def throughput(url: str, body: bytes, levels: list[int], requests: int, rounds: int) -> dict:
+    clients = {c: [httpx.Client(base_url=url, timeout=300) for _ in range(c)] for c in levels}
+    per_client = {c: max(1, math.ceil(requests / rounds / c)) for c in levels}
+    res = {c: {"requests": 0, "seconds": 0.0, "batch_sum": 0.0, "batches": 0.0} for c in levels}
+    try:
+        for c in levels:  # warm-up: every level once, untimed (ORT meets each batch size once)
+            burst(clients[c], 1, body)
+        for r in range(rounds):
+            for c in levels[r % len(levels):] + levels[:r % len(levels)]:
+                s0, n0 = batch_metrics(url)
+                res[c]["seconds"] += burst(clients[c], per_client[c], body)
+                s1, n1 = batch_metrics(url)
+                res[c]["requests"] += per_client[c] * c
+                res[c]["batch_sum"] += s1 - s0
+                res[c]["batches"] += n1 - n0
+    finally:
+        for cs in clients.values():
+            for cl in cs:
+                cl.close()
+    return {str(c): {"concurrency": c, "requests": v["requests"], "seconds": v["seconds"],
+                     "requests_per_s": v["requests"] / v["seconds"],
+                     "mean_batch": v["batch_sum"] / v["batches"] if v["batches"] else None} for c, v in res.items()}
+
+
+# ---- main ---------------------------------------------------------------------------------------
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", default=None, help=f"default: {DEFAULT_CHECKPOINT} if it exists, else tiny config")
+    ap.add_argument("--repeats", type=int, default=50, help="latency rounds")
+    ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads, server and in-process alike")
+    ap.add_argument("--max-batch", type=int, default=None, help="server RECON_MAX_BATCH (default: the server's, 16)")
+    ap.add_argument("--max-wait-ms", type=float, default=None, help="server RECON_MAX_WAIT_MS (default: the server's, 5)")
+    ap.add_argument("--subdivisions", type=int, default=6, help="icosphere subdivisions: faces = 20 * 4**s")
+    ap.add_argument("--concurrency", default="1,8,32", help="client counts for the throughput runs")
+    ap.add_argument("--requests", type=int, default=None, help="throughput requests per level (default 4 x repeats)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
+    ap.add_argument("--json", default="bench/results/server.json")
+    args = ap.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    requests = args.requests or 4 * args.repeats
+    # The dynamo exporter's chatter (first export of a checkpoint) says nothing about speed.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="# The axis name")
+    load_start = os.getloadavg()
+
+    import onnxruntime
+
+    from recon_serve.backends.ort_backend import export_cached
+    from recon_serve.export.onnx import ort_session
+    from recon_serve.geometry.decode import Decoder, decode_points_json
+    from recon_serve.geometry.preprocess import prepare
+    from recon_serve.settings import Settings
+
+    settings = Settings.from_env()
+    cache = Path(settings.cache_dir)
+    server_env = {"threads": args.threads}
+    if args.max_batch is not None:
+        server_env["max_batch"] = args.max_batch
+    if args.max_wait_ms is not None:
+        server_env["max_wait_ms"] = args.max_wait_ms
+    max_batch = args.max_batch if args.max_batch is not None else settings.max_batch
+    max_wait_ms = args.max_wait_ms if args.max_wait_ms is not None else settings.max_wait_ms
+
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as tmpdir:
+        tmp = Path(tmpdir)
+        checkpoint, described = resolve_checkpoint(args.checkpoint, tmp)
+        t0 = time.perf_counter()
+        vdir = export_cached(checkpoint, cache)  # the server finds this in the same cache
+        card = json.loads((vdir / "model_card.json").read_text())
+        print(f"model: {described} (config {card.get('config_name')}, version {card['version']}, "
+              f"graph {vdir / 'model.onnx'}, {card.get('onnx', {}).get('mode')}; ready in {time.perf_counter() - t0:.1f} s)")
+        session = ort_session(vdir / "model.onnx", threads=args.threads)
+        outputs = [o.name for o in session.get_outputs()]
+        n_model = int(card.get("num_points") or NUM_POINTS)
+
+        cloud = np.random.default_rng(0).normal(size=(NUM_POINTS, 3)).astype(np.float32)
+        body = json.dumps({"points": cloud.tolist()}).encode()
+        prepared = prepare(cloud, n_model).points[None]
+        mesh = make_mesh(tmp / "bumpy_sphere.stl", args.subdivisions)
+        mesh_bytes = (tmp / mesh["file"]).read_bytes()
+        print(f"inputs: JSON {NUM_POINTS} points ({len(body) / 1e3:.0f} kB, model samples {n_model}); "
+              f"mesh {mesh['faces']:,} faces, {mesh['vertices']:,} vertices, {mesh['bytes'] / 1e6:.1f} MB {mesh['format']}")
+
+        server = Server(checkpoint, tmp / "index", cache, tmp / "server.log", ready_timeout=600, **server_env)
+        print(f"server: {server.url} (pid {server.pid}), {args.threads} threads, max_batch {max_batch}, "
+              f"max_wait_ms {max_wait_ms}; {args.repeats} repeats", flush=True)
+        http = httpx.Client(base_url=server.url, timeout=300)
+        decoder = Decoder(settings.decode_limits, workers=settings.decode_workers)
+        try:
+            served_version = http.get("/v1/models").json()["model_version"]
+            if served_version != card["version"]:
+                raise RuntimeError(f"server runs model {served_version}, this process {card['version']}")
+
+            def bare():
+                return session.run(outputs, {"points": prepared})
+
+            def inproc_points():
+                pts = decode_points_json(json.loads(body)["points"])
+                return session.run(outputs, {"points": prepare(pts, n_model).points[None]})
+
+            def http_points():
+                r = http.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+                if r.status_code != 200:
+                    raise RuntimeError(f"classify (points): {r.status_code} {r.text[:300]}")
+                return r.json()
+
+            def inproc_mesh():
+                shape = decoder.decode(mesh["file"], mesh_bytes)
+                return session.run(outputs, {"points": prepare(shape, n_model).points[None]})
+
+            def http_mesh():
+                r = http.post("/v1/classify", files={"file": (mesh["file"], mesh_bytes)})
+                if r.status_code != 200:
+                    raise RuntimeError(f"classify (mesh): {r.status_code} {r.text[:300]}")
+                return r.json()
+
+            # the served answer is the in-process one (same graph, same preprocessing)
+            logits = dict(zip(outputs, bare())).get("logits")
+            served = http_points()["labels"]
+            check = None
+            if logits is not None and card.get("class_names"):
+                p = np.exp(logits[0] - logits[0].max())
+                p /= p.sum()
+                check = float(max(abs(l["probability"] - p[card["class_names"].index(l["label"])]) for l in served))
+                print(f"check: served vs in-process probabilities, max |diff| = {check:.1e}")
+
+            runners = {"bare ORT": bare, "in-proc points": inproc_points, "HTTP points": http_points,
+                       "in-proc mesh": inproc_mesh, "HTTP mesh": http_mesh}
+            lat = {k: latency_stats(v) for k, v in round_robin(runners, args.repeats).items()}
+            tput = throughput(server.url, body, levels, requests, args.rounds)
+        finally:
+            http.close()
+            decoder.close()
+            server.stop()
+
+    overhead = (lat["HTTP points"]["p50_ms"] / lat["bare ORT"]["p50_ms"] - 1) * 100
+    rows = [("bare ORT", "session.run, batch 1, prepared cloud"),
+            ("in-proc points", "JSON parse + prepare + session.run"),
+            ("HTTP points", f"POST /v1/classify, JSON {NUM_POINTS} points"),
+            ("in-proc mesh", "decode (worker) + sample + session.run"),
+            ("HTTP mesh", f"POST /v1/classify, {mesh['faces']:,}-face STL upload")]
+    print(f"\n{'latency':<16}{'what':<44}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}")
+    for key, what in rows:
+        s = lat[key]
+        print(f"{key:<16}{what:<44}{s['p50_ms']:9.2f}{s['p95_ms']:9.2f}{s['mean_ms']:9.2f}")
+    verdict = "meets" if overhead <= OVERHEAD_GOAL_PCT else "misses"
+    print(f"server overhead, point input (p50 HTTP / p50 bare - 1): {overhead:+.1f}%  "
+          f"({verdict} the goal <= {OVERHEAD_GOAL_PCT:.0f}%)")
+    print(f"\n{'throughput':<16}{'clients':>8}{'requests':>10}{'seconds':>9}{'req/s':>9}{'mean batch':>12}")
+    for row in tput.values():
+        mb = f"{row['mean_batch']:.1f}" if row["mean_batch"] is not None else "-"
+        print(f"{'HTTP points':<16}{row['concurrency']:>8}{row['requests']:>10}{row['seconds']:>9.2f}"
+              f"{row['requests_per_s']:>9.1f}{mb:>12}")
+    print(f"(bare ORT at batch 1: {1e3 / lat['bare ORT']['p50_ms']:.1f} shapes/s from its p50)")
+
+    machine = dict(cpu=cpu_model(), cpu_count=os.cpu_count(), threads=args.threads,
+                   onnxruntime=onnxruntime.__version__, python=platform.python_version(),
+                   loadavg_start=[round(x, 2) for x in load_start], loadavg_end=[round(x, 2) for x in os.getloadavg()],
+                   date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+    result = {"machine": machine,
+              "model": {"source": described, "version": card["version"], "config_name": card.get("config_name"),
+                        "onnx_mode": card.get("onnx", {}).get("mode"), "num_points": n_model},
+              "server": {"backend": "onnxruntime", "threads": args.threads, "max_batch": max_batch,
+                         "max_wait_ms": max_wait_ms},
+              "inputs": {"points_json": {"points": NUM_POINTS, "bytes": len(body)}, "mesh": mesh},
+              "repeats": args.repeats, "warmup": WARMUP, "served_vs_inprocess_max_prob_diff": check,
+              "latency": lat,
+              "overhead_points_p50_pct": overhead, "overhead_goal_pct": OVERHEAD_GOAL_PCT,
+              "overhead_meets_goal": overhead <= OVERHEAD_GOAL_PCT,
+              "throughput": {"rounds": args.rounds, "levels": tput}}
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out} ({machine['cpu']}, load average {machine['loadavg_start'][0]} -> {machine['loadavg_end'][0]})")
+
+
+if __name__ == "__main__":
+    main()
