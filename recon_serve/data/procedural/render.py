@@ -14,6 +14,26 @@ SHOWCASE = ["chair", "armchair", "table", "sofa", "bed", "bookshelf", "floor_lam
             "airplane", "car", "bicycle", "guitar", "umbrella", "toilet", "house"]
 
 
+def scatter_parts(ax, points_zup, labels, names, title: str, point_size: float = 1.5) -> None:
+    """A 3D scatter of z-up points coloured by part label, equal axes, with a legend of part names."""
+    import matplotlib.pyplot as plt
+
+    colours = plt.get_cmap("tab10").colors
+    p = points_zup
+    for i, name in enumerate(names):
+        m = labels == i
+        if m.any():
+            ax.scatter(p[m, 0], p[m, 1], p[m, 2], s=point_size, color=colours[i % 10], label=name, depthshade=False)
+    lo, hi = p.min(0), p.max(0)
+    c, r = (lo + hi) / 2, (hi - lo).max() / 2
+    ax.set_xlim(c[0] - r, c[0] + r), ax.set_ylim(c[1] - r, c[1] + r), ax.set_zlim(c[2] - r, c[2] + r)
+    ax.set_box_aspect((1, 1, 1))
+    ax.view_init(elev=20, azim=-60)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower left", fontsize=7, markerscale=4, frameon=False)
+
+
 def render_grid(out, categories=None, seeds=(0,), n_points: int = 2048, cols: int = 4, dpi: int = 90) -> Path:
     """One 3D scatter panel per (category, seed), with a legend of that category's parts."""
     import matplotlib
@@ -24,23 +44,12 @@ def render_grid(out, categories=None, seeds=(0,), n_points: int = 2048, cols: in
     items = [(c, s) for c in (categories or SHOWCASE) for s in seeds]
     rows = -(-len(items) // cols)
     fig = plt.figure(figsize=(3.6 * cols, 3.6 * rows))
-    colours = plt.get_cmap("tab10").colors
     for k, (cat, seed) in enumerate(items):
         shape = generate(cat, seed, n_points)
         ax = fig.add_subplot(rows, cols, k + 1, projection="3d")
         p = shape.points
-        for i, name in enumerate(shape.part_names):
-            m = shape.labels == i
-            # matplotlib draws z up: plot (x, -z, y), a proper rotation, so +y is up and +z faces the viewer
-            ax.scatter(p[m, 0], -p[m, 2], p[m, 1], s=1.5, color=colours[i % 10], label=name, depthshade=False)
-        lo, hi = p.min(0), p.max(0)
-        c, r = (lo + hi) / 2, (hi - lo).max() / 2
-        ax.set_xlim(c[0] - r, c[0] + r), ax.set_ylim(-c[2] - r, -c[2] + r), ax.set_zlim(c[1] - r, c[1] + r)
-        ax.set_box_aspect((1, 1, 1))
-        ax.view_init(elev=20, azim=-60)
-        ax.set_axis_off()
-        ax.set_title(f"{cat} (seed {seed})", fontsize=10)
-        ax.legend(loc="lower left", fontsize=7, markerscale=4, frameon=False)
+        # matplotlib draws z up: (x, -z, y) is a proper rotation taking +y up to +z
+        scatter_parts(ax, p[:, [0, 2, 1]] * [1, -1, 1], shape.labels, shape.part_names, f"{cat} (seed {seed})")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
