@@ -67,10 +67,11 @@ GOALS = {"ort_vs_eager_b1": 1.3, "ort_vs_eager_b16": 2.0, "op_custom_vs_pure": 3
 
 
 # ---- timing -------------------------------------------------------------------------------------
-def round_robin(runners: dict, repeats: int) -> dict:
-    """{key: fn} -> {key: [seconds per call]}: WARMUP calls each, then `repeats` rounds calling every fn once."""
+def round_robin(runners: dict, repeats: int, warmup: int = WARMUP) -> dict:
+    """{key: fn} -> {key: [seconds per call]}: `warmup` calls each, then `repeats` rounds calling every
+    fn once, starting each round at the next fn so machine noise hits all of them alike."""
     for fn in runners.values():
-        for _ in range(WARMUP):
+        for _ in range(warmup):
             fn()
     keys = list(runners)
     times = {k: [] for k in keys}

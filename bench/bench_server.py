@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
 from bench_encoder import cpu_model  # noqa: E402
+from bench_export import round_robin  # noqa: E402
 from server_util import Server  # noqa: E402  (tests/server_util.py: the tests' server launcher)
 
 from recon_serve.model.factory import DEFAULT_CHECKPOINT  # noqa: E402
@@ -99,19 +100,6 @@ def make_mesh(path: Path, subdivisions: int) -> dict:
 
 
 # ---- timing -------------------------------------------------------------------------------------
-def round_robin(runners: dict, repeats: int) -> dict:
-    """{key: fn} -> {key: [seconds per call]}: WARMUP calls each, then `repeats` rounds calling every fn once."""
-    for fn in runners.values():
-        for _ in range(WARMUP):
-            fn()
-    keys = list(runners)
-    times = {k: [] for k in keys}
-    for r in range(repeats):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            t0 = time.perf_counter()
-            runners[k]()
-            times[k].append(time.perf_counter() - t0)
-    return times
 
 
 def latency_stats(seconds: list[float]) -> dict:
@@ -285,7 +273,7 @@ def main(argv=None) -> None:
 
             runners = {"bare ORT": bare, "in-proc points": inproc_points, "HTTP points": http_points,
                        "in-proc mesh": inproc_mesh, "HTTP mesh": http_mesh}
-            lat = {k: latency_stats(v) for k, v in round_robin(runners, args.repeats).items()}
+            lat = {k: latency_stats(v) for k, v in round_robin(runners, args.repeats, warmup=WARMUP).items()}
             tput = throughput(server.url, body, levels, requests, args.rounds)
         finally:
             http.close()
