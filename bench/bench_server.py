@@ -100,8 +100,6 @@ def make_mesh(path: Path, subdivisions: int) -> dict:
 
 
 # ---- timing -------------------------------------------------------------------------------------
-
-
 def latency_stats(seconds: list[float]) -> dict:
     t = np.array(seconds) * 1e3
     return {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95)),
