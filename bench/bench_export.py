@@ -67,6 +67,14 @@ GOALS = {"ort_vs_eager_b1": 1.3, "ort_vs_eager_b16": 2.0, "op_custom_vs_pure": 3
 
 
 # ---- timing -------------------------------------------------------------------------------------
+def write_result(path, result: dict, machine: dict) -> None:
+    """Write a benchmark's JSON and say where, with the load seen during the run."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out} ({machine['cpu']}, load average {machine['loadavg_start'][0]} -> {machine['loadavg_end'][0]})")
+
+
 def round_robin(runners: dict, repeats: int, warmup: int = WARMUP) -> dict:
     """{key: fn} -> {key: [seconds per call]}: `warmup` calls each, then `repeats` rounds calling every
     fn once, starting each round at the next fn so machine noise hits all of them alike."""
@@ -374,10 +382,7 @@ def main(argv=None) -> None:
                                             "gflops_per_shape": flops / 1e9},
               "repeats": args.repeats, "warmup": WARMUP, "goals": GOALS, "matmul_gflops": mm_gflops,
               "model_throughput": model_res, "ops": op_res, **summary}
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out} ({machine['cpu']}, load average {machine['loadavg_start'][0]} -> {machine['loadavg_end'][0]})")
+    write_result(args.json, result, machine)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
 from bench_encoder import cpu_model  # noqa: E402
-from bench_export import round_robin  # noqa: E402
+from bench_export import round_robin, write_result  # noqa: E402
 from server_util import Server  # noqa: E402  (tests/server_util.py: the tests' server launcher)
 
 from recon_serve.model.factory import DEFAULT_CHECKPOINT  # noqa: E402
@@ -313,10 +313,7 @@ def main(argv=None) -> None:
               "overhead_points_p50_pct": overhead, "overhead_goal_pct": OVERHEAD_GOAL_PCT,
               "overhead_meets_goal": overhead <= OVERHEAD_GOAL_PCT,
               "throughput": {"rounds": args.rounds, "levels": tput}}
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out} ({machine['cpu']}, load average {machine['loadavg_start'][0]} -> {machine['loadavg_end'][0]})")
+    write_result(args.json, result, machine)
 
 
 if __name__ == "__main__":

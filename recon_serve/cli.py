@@ -16,6 +16,13 @@ import time
 from pathlib import Path
 
 
+def _write_json(path, data) -> None:
+    """Write figures for other tools (no-op without --json)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2))
+
+
 def _eval(args) -> int:
     from recon_serve.data.modelnet import load_modelnet10
     from recon_serve.evaluate import evaluate
@@ -40,9 +47,7 @@ def _eval(args) -> int:
         if v is not None:
             print(f"  {name:<32} {v:6.2f} %")
     print(f"  took {result['seconds']} s")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    _write_json(args.json, result)
     return 0
 
 
@@ -69,9 +74,7 @@ def _eval_seg(args) -> int:
     print(f"  instance mIoU (inferred category)  {r['inferred_category_instance_miou']:6.2f} %")
     print(f"  category inferred from parts       {r['category_accuracy']:6.2f} %")
     print(f"  took {r['seconds']} s")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(r, indent=2))
+    _write_json(args.json, r)
     return 0
 
 
