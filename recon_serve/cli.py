@@ -111,8 +111,7 @@ def _check_export(args) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    _write_json(args.json, result)
     print(f"{result['version_dir']}: max_abs_diff {result['max_abs_diff']:.2e} "
           f"({' and '.join(result['runtimes_compared'])} against torch eager); "
           f"FPS/kNN indices {'equal' if result['indices_equal'] else 'DIFFER'}")
