@@ -305,7 +305,14 @@ class _Worker:
 
     def run(self, job, timeout: float):
         """The worker's reply; raises DecodeTimeout (worker killed) or EOFError/OSError if it died."""
-        self.conn.send(job)
+        try:
+            self.conn.send(job)
+        except OSError:
+            # a worker that cannot allocate the incoming message says so and exits mid-send:
+            # its ("memory",) reply still waits in the pipe and is the true answer
+            if self.conn.poll(1.0):
+                return self.conn.recv()
+            raise
         if not self.conn.poll(timeout):
             self.kill()
             raise DecodeTimeout(f"the file took longer than {timeout:g} s to decode; "
