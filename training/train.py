@@ -41,7 +41,8 @@ class Recipe:
     ema: float = 0.999
     seed: int = 0
     eval_every: int = 0  # 0: evaluate only at the end
-    freeze_encoder: bool = False  # seg: train the head only, so classification answers do not move
+    freeze_encoder: bool = False  # train without changing model.encoder, so classification answers do not move
+    seg_encoder: bool = False  # seg: fine-tune a copy of the encoder for the seg head (with freeze_encoder)
 
 
 def _dist_info():
@@ -169,7 +170,7 @@ def _stage_losses(model, recipe: Recipe, x, y, cands) -> dict:
     if recipe.stage == "pretrain":
         return model.pretrain_losses(x, cands, y)
     if recipe.stage == "seg":
-        logits = model.part_logits(x, train_encoder=not recipe.freeze_encoder)
+        logits = model.part_logits(x, train_encoder=recipe.seg_encoder or not recipe.freeze_encoder)
         return {"seg_ce": F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), label_smoothing=recipe.label_smoothing)}
     queries, tokens = model.features(x, stop_grad=False)
     losses = {"ce": F.cross_entropy(model.head_logits(queries, tokens).float(), y, label_smoothing=recipe.label_smoothing)}

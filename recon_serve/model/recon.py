@@ -7,6 +7,7 @@ live here too so that training, export and serving run the same code.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -41,6 +42,7 @@ class ReConConfig:
     cls_hidden: int = 256
     num_classes: int = 0
     num_parts: int = 0  # >0 adds the part segmentation head (parts of all categories in one label space)
+    seg_encoder: bool = False  # the seg head has its own fine-tuned encoder (as the paper's ShapeNetPart model)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -151,6 +153,7 @@ class ReCon(nn.Module):
         if cfg.num_classes:
             self.set_num_classes(cfg.num_classes)
         self.seg_head = None
+        self.seg_encoder = ReConEncoder(cfg) if cfg.seg_encoder else None
         if cfg.num_parts:
             self.set_num_parts(cfg.num_parts)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -167,9 +170,13 @@ class ReCon(nn.Module):
         )
         self.cls_head.apply(_init_weights)
 
-    def set_num_parts(self, n: int) -> None:
-        """(Re)build the part segmentation head for n parts."""
+    def set_num_parts(self, n: int, own_encoder: bool | None = None) -> None:
+        """(Re)build the part segmentation head for n parts. own_encoder=True gives it a copy of the
+        encoder to fine-tune, so segmentation can improve without moving classification answers."""
         self.cfg.num_parts = n
+        if own_encoder is not None:
+            self.cfg.seg_encoder = own_encoder
+            self.seg_encoder = copy.deepcopy(self.encoder) if own_encoder else None
         self.seg_head = SegHead(self.cfg.trans_dim, self.cfg.depth, n)
         self.seg_head.apply(_init_weights)
 
@@ -192,13 +199,15 @@ class ReCon(nn.Module):
     def forward(self, points: torch.Tensor) -> dict:
         """{'embedding' [B,D], 'logits' [B,K] if a class head, 'part_logits' [B,N,P] if a seg head}."""
         patches, centres = self.group(points)
-        if self.seg_head is None:
+        if self.seg_head is None or self.seg_encoder is not None:
             queries, tokens = self.encoder(patches, centres)
         else:
             queries, tokens, layers = self.encoder(patches, centres, return_layers=self.seg_head.layers)
         out = {"embedding": self.text_embedding(queries)}
         if self.cls_head is not None:
             out["logits"] = self.head_logits(queries, tokens)
+        if self.seg_encoder is not None:
+            _, _, layers = self.seg_encoder(patches, centres, return_layers=self.seg_head.layers)
         if self.seg_head is not None:
             out["part_logits"] = self.seg_head(points, centres, layers)
         return out
@@ -206,9 +215,10 @@ class ReCon(nn.Module):
     def part_logits(self, points: torch.Tensor, train_encoder: bool = True) -> torch.Tensor:
         """Per-point part logits [B,N,P]; with train_encoder=False the encoder runs without autograd
         (a frozen encoder keeps the classification head's accuracy intact)."""
+        encoder = self.seg_encoder or self.encoder
         with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
             patches, centres = self.group(points)
-            _, _, layers = self.encoder(patches, centres, stop_grad=False, return_layers=self.seg_head.layers)
+            _, _, layers = encoder(patches, centres, stop_grad=False, return_layers=self.seg_head.layers)
         return self.seg_head(points, centres, layers)
 
     # ---- training objectives ----------------------------------------------------------------
