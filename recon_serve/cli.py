@@ -6,6 +6,10 @@
     recon-serve export [CHECKPOINT] --out DIR [--mode auto|custom_op|pure]
     recon-serve check-export DIR --json FILE [--checkpoint CKPT]
     recon-serve serve [--host H] [--port P] [--index DIR] [--checkpoint PATH] [--backend onnxruntime|torch|URL]
+    recon-serve embed [SOURCE] --index DIR [--workers N] [--engine local|ray] [--metadata CSV] [--reindex]
+    recon-serve retrain DATA --out DIR [--repo DIR] [--epochs N]       (runs `recon-train retrain`)
+    recon-serve deploy CANDIDATE --repo DIR [--server URL] [--force]
+    recon-serve rollback --repo DIR [--server URL]
 """
 from __future__ import annotations
 
@@ -137,6 +141,95 @@ def _serve(args) -> int:
     return 0
 
 
+def _embed(args) -> int:
+    from recon_serve.batch.embed import JobOptions, embed_library
+
+    if args.source is None and not args.reindex:
+        print("error: give a SOURCE folder or list file (or --reindex to re-read the last one)", file=sys.stderr)
+        return 2
+    try:
+        report = embed_library(args.source, args.index, checkpoint=args.checkpoint, workers=args.workers,
+                               engine=args.engine, metadata_csv=args.metadata, reindex=args.reindex,
+                               prune=args.prune, progress=not args.no_progress,
+                               options=JobOptions(n_points=args.n_points, up_axis=args.up_axis,
+                                                  batch_size=args.batch_size))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _write_json(args.json, report)
+    print(f"{report['files']} files: {report['embedded']} embedded, {report['skipped']} unchanged, "
+          f"{report['failed']} failed; index {report['index']} holds {report['index_size']} shapes "
+          f"({report['files_per_second']} files/s, {report['workers']} workers, {report['engine']})")
+    for err in report["errors"][:20]:
+        print(f"  failed: {err['id']}: {err['reason']}", file=sys.stderr)
+    if len(report["errors"]) > 20:
+        print(f"  ... {len(report['errors']) - 20} more in {args.index}/embed_report.json", file=sys.stderr)
+    return 0
+
+
+def _notify(server: str | None, api_key: str | None) -> int:
+    """Ask a running server to switch to the repository's live version."""
+    if not server:
+        print("no --server given: restart or reload the servers on this repository (POST /v1/admin/reload)")
+        return 0
+    import httpx
+
+    headers = {"X-API-Key": api_key} if api_key else {}
+    try:
+        r = httpx.post(server.rstrip("/") + "/v1/admin/reload", headers=headers, timeout=600)
+    except httpx.HTTPError as e:
+        print(f"error: the server did not answer ({e}); the repository has switched, the server has not",
+              file=sys.stderr)
+        return 1
+    if r.status_code != 200:
+        print(f"error: the server refused the new version ({r.status_code}): {r.text}", file=sys.stderr)
+        return 1
+    print(f"server {server}: {r.json()}")
+    return 0
+
+
+def _deploy(args) -> int:
+    from recon_serve.export.versions import deploy
+
+    report_path = Path(args.candidate).with_name("retrain_report.json")
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    if report is None and not args.force:
+        print(f"error: no {report_path.name} next to {args.candidate} (made by `recon-serve retrain`); "
+              "deploy an unevaluated model only with --force", file=sys.stderr)
+        return 2
+    if report is not None and not report.get("better") and not args.force:
+        print(f"error: the candidate is worse than the current model on the held-out split "
+              f"({report['new']['oa']:.2f} % vs {report['old']['oa']:.2f} %); use --force to deploy it anyway",
+              file=sys.stderr)
+        return 3
+    try:
+        result = deploy(args.candidate, args.repo, note={"report": str(report_path)} if report else None)
+    except (FileNotFoundError, FileExistsError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.repo}: version {result['version']} is live (was {result['previous']})")
+    return _notify(args.server, args.api_key)
+
+
+def _rollback(args) -> int:
+    from recon_serve.export.versions import rollback
+
+    try:
+        result = rollback(args.repo)
+    except (FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.repo}: version {result['version']} is live again (version {result['previous']} retired)")
+    return _notify(args.server, args.api_key)
+
+
+def _retrain(args) -> int:
+    import subprocess
+
+    # training/ builds on recon_serve, never the reverse: run it as its own program
+    return subprocess.call([sys.executable, "-m", "training.cli", "retrain", *args.rest])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="recon-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -184,6 +277,36 @@ def main(argv=None) -> int:
     v.add_argument("--cache-dir", help="exported ONNX cache (default ~/.cache/recon-serve/onnx)")
     v.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     v.set_defaults(fn=_serve)
+    b = sub.add_parser("embed", help="embed a folder or list of shape files into a search index (resumable)")
+    b.add_argument("source", nargs="?", help="folder (searched recursively) or a text file listing paths")
+    b.add_argument("--index", required=True, help="index directory (created if missing; the server's --index)")
+    b.add_argument("--checkpoint", help="checkpoint or model repository (default: the shipped model)")
+    b.add_argument("--workers", type=int, help="parallel workers (default: all cores)")
+    b.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: workers as Ray actors (local Ray, or the cluster RAY_ADDRESS names)")
+    b.add_argument("--metadata", help="CSV with an 'id' or 'path' column; other columns become metadata")
+    b.add_argument("--reindex", action="store_true", help="embed every file again (after a model change)")
+    b.add_argument("--prune", action="store_true", help="remove ids whose files are no longer in SOURCE")
+    b.add_argument("--batch-size", type=int, default=16, help="files per model call")
+    b.add_argument("--n-points", type=int, default=1024)
+    b.add_argument("--up-axis", choices=("y", "z"), default="z", help="the files' up axis (OBJ/glTF are often y)")
+    b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--json", help="also write the report here")
+    b.set_defaults(fn=_embed)
+    r = sub.add_parser("retrain", help="fine-tune on your labelled shapes and compare with the current model",
+                       add_help=False)
+    r.add_argument("rest", nargs=argparse.REMAINDER)
+    r.set_defaults(fn=_retrain)
+    for name, fn, text in (("deploy", _deploy, "export a retrained checkpoint as the repository's new live version"),
+                           ("rollback", _rollback, "make the previously deployed version live again")):
+        d = sub.add_parser(name, help=text)
+        if name == "deploy":
+            d.add_argument("candidate", help="candidate checkpoint (with retrain_report.json beside it)")
+            d.add_argument("--force", action="store_true", help="deploy even if worse or unevaluated")
+        d.add_argument("--repo", required=True, help="model repository (Triton layout)")
+        d.add_argument("--server", help="running recon-serve URL to switch without restart")
+        d.add_argument("--api-key", help="X-API-Key for the server's admin endpoint")
+        d.set_defaults(fn=fn)
     args = ap.parse_args(argv)
     return args.fn(args)
 

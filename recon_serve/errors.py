@@ -85,9 +85,15 @@ class Unauthorized(ShapeError):
     code, status = "unauthorized", 401
 
 
+class ReloadFailed(ShapeError):
+    """A model reload was refused (it did not load, or failed its check); the old model still serves."""
+    code, status = "reload_failed", 409
+
+
 ERRORS: tuple[type[ShapeError], ...] = (
     UnsupportedFormat, EmptyShape, BrokenFile, NonFiniteCoordinates, TooManyPoints, TooManyFaces,
     PayloadTooLarge, DecodeTimeout, InvalidPoints, BadRequest, UnknownLabelSet, NotFound, Unauthorized,
+    ReloadFailed,
 )
 BY_CODE: dict[str, type[ShapeError]] = {cls.code: cls for cls in ERRORS}
 assert len(BY_CODE) == len(ERRORS), "error codes must be unique"

@@ -78,7 +78,12 @@ def run_seg_stage(recipe: Recipe, run: Path, init, per_category: int, points: in
         return out
     train_set = generate_dataset(per_category=per_category, seed=seed, split="train", n_points=points, progress=True)
     model, ckpt = create_model(init)
-    model.set_num_parts(len(train_set.part_names))
+    if (ckpt or {}).get("part_names") == train_set.part_names:  # refine the trained head
+        if recipe.seg_encoder and model.seg_encoder is None:
+            model.set_num_parts(len(train_set.part_names), own_encoder=True)  # rebuilds the head: keep it
+            model.load_state_dict(ckpt["state_dict"], strict=False)
+    else:
+        model.set_num_parts(len(train_set.part_names), own_encoder=recipe.seg_encoder)
     to_model = up_rotation("y")  # procedural shapes are y-up; the model frame is z-up (ModelNet10)
     pts = np.stack([normalise(p @ to_model.T) for p in train_set.points])
     history = (ckpt or {}).get("recipe", {}).get("stages", [])
@@ -162,7 +167,32 @@ def main(argv=None):
     g.add_argument("--split", choices=("train", "test"), default="train")
     g.add_argument("--format", choices=("txt", "ply"), default="txt")
     g.add_argument("--categories", nargs="*", help="default: all")
+    r = sub.add_parser("retrain", help="fine-tune the current model on your labelled shapes (see training/retrain.py)")
+    r.add_argument("data", help="folder of <class>/ sub-folders, or a CSV with path,label[,split]")
+    r.add_argument("--out", type=Path, required=True, help="run directory: candidate.pt, retrain_report.json, state")
+    r.add_argument("--init", help="current model checkpoint (default: the live version of --repo, else the shipped model)")
+    r.add_argument("--repo", help="model repository whose live version is the current model")
+    r.add_argument("--epochs", type=int, default=10)
+    r.add_argument("--lr", type=float, default=2e-4)
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--points", type=int, default=1024)
+    r.add_argument("--up-axis", choices=("y", "z"), default="z")
+    r.add_argument("--test-fraction", type=float, default=0.2, help="held out per class when DATA has no split")
+    r.add_argument("--limit-per-class", type=int, help="use at most this many files per class and split")
+    r.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.cmd == "retrain":
+        from training.retrain import print_report, retrain
+
+        try:
+            report = retrain(args.data, args.out, init=args.init, repo=args.repo, epochs=args.epochs, lr=args.lr,
+                             batch_size=args.batch_size, n_points=args.points, up_axis=args.up_axis,
+                             test_fraction=args.test_fraction, limit_per_class=args.limit_per_class,
+                             seed=args.seed, log=_logger(args.out))
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: {e}") from None
+        print_report(report)
+        return
     if args.cmd == "generate":
         generate_files(args.out, args.per_category, args.points, args.seed, args.split, args.format, args.categories)
         return

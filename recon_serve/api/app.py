@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from recon_serve.api.routes import health, search, shapes
+from recon_serve.api.routes import admin, health, search, shapes
 from recon_serve.api.state import AppState
 from recon_serve.errors import PayloadTooLarge, ShapeError
 from recon_serve.settings import Settings
@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="recon-serve", version="1", lifespan=lifespan,
                   description="Classify, segment, embed and search 3D shapes with a ReCon point-cloud model.")
     app.state.recon = state
-    for module in (shapes, search, health):
+    for module in (shapes, search, health, admin):
         app.include_router(module.router)
     _install_error_handlers(app)
     _install_request_context(app)

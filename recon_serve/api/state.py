@@ -11,7 +11,7 @@ import numpy as np
 from fastapi import Request
 
 from recon_serve.api.metrics import Metrics
-from recon_serve.errors import Unauthorized
+from recon_serve.errors import ReloadFailed, Unauthorized
 from recon_serve.settings import Settings
 
 MAX_LABELS = 256
@@ -56,6 +56,7 @@ class AppState:
     batcher: object = None
     index: object = None
     decoder: object = None
+    _reload_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def open(self) -> None:
         from recon_serve.backends import Batcher, load_backend
@@ -74,12 +75,50 @@ class AppState:
         self.decoder = Decoder(s.decode_limits, workers=s.decode_workers)
         self.metrics.index_size.set_function(lambda: len(self.index) if self.index is not None else 0)
 
+    def reload(self) -> dict:
+        """Switch to the model the settings now name (a repository's live version) without a failed
+        request: load it beside the old one, check it, swap it into the batcher, then close the old."""
+        from recon_serve.backends import load_backend
+
+        with self._reload_lock:
+            old = self.backend
+            try:
+                new = load_backend(self.settings, reload=True)
+            except Exception as e:
+                raise ReloadFailed(f"the new model did not load: {type(e).__name__}: {e}") from None
+            if new.version == old.version:
+                new.close()
+                return {"changed": False, "model_version": old.version}
+            try:
+                check_backend(new, self.index.dim)
+            except Exception as e:
+                new.close()
+                raise ReloadFailed(f"the new model failed its check: {e}") from None
+            self.batcher.swap(new)
+            self.backend = new
+            old.close()
+            return {"changed": True, "model_version": new.version, "previous": old.version}
+
     def close(self) -> None:
         for name in ("batcher", "decoder", "index", "backend"):
             obj = getattr(self, name)
             if obj is not None:
                 obj.close()
                 setattr(self, name, None)
+
+
+def check_backend(backend, dim: int) -> None:
+    """A model about to serve must give finite outputs of the index's size for a plain shape."""
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(2, backend.num_points, 3)).astype(np.float32)
+    pts /= np.linalg.norm(pts, axis=-1, keepdims=True)  # two unit spheres
+    out = backend.infer(pts)
+    emb = np.asarray(out.get("embedding"))
+    if emb.shape != (2, dim):
+        raise ValueError(f"embedding shape {emb.shape}, the index holds {dim}-d vectors")
+    for k, v in out.items():
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"non-finite values in {k}")
 
 
 def get_state(request: Request) -> AppState:

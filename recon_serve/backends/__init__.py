@@ -5,7 +5,8 @@ from recon_serve.backends.base import Backend
 from recon_serve.backends.batcher import Batcher
 
 
-def load_backend(settings) -> Backend:
+def load_backend(settings, reload: bool = False) -> Backend:
+    """The backend the settings name; reload=True first asks a Triton server to load its live version."""
     from recon_serve.model.factory import DEFAULT_CHECKPOINT
 
     checkpoint = settings.checkpoint or str(DEFAULT_CHECKPOINT)
@@ -19,8 +20,10 @@ def load_backend(settings) -> Backend:
 
         return OrtBackend(checkpoint, settings.cache_dir, threads=settings.threads)
     if kind.startswith(("http://", "https://", "triton://")):
-        from recon_serve.backends.triton_backend import TritonBackend
+        from recon_serve.backends.triton_backend import TritonBackend, load_live_version
 
+        if reload:
+            load_live_version(kind.replace("triton://", "http://", 1))
         return TritonBackend(kind.replace("triton://", "http://", 1), repository=settings.checkpoint)
     raise ValueError(f"backend must be onnxruntime, torch or a Triton URL (http://host:port), not {kind!r}")
 

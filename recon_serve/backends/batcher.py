@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
+class Outputs(dict):
+    """One shape's outputs, plus the backend that made them: its version and labels belong to the
+    answer even when a deploy swaps the model while the request waits."""
+
+    backend = None
+
+
 class Batcher:
     def __init__(self, backend, max_batch: int = 16, max_wait_ms: float = 5.0,
                  on_batch: Callable[[int, float], None] | None = None):
@@ -30,6 +37,7 @@ class Batcher:
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.on_batch = on_batch
+        self._using = threading.Lock()  # held while a batch runs, so swap() waits for it
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="recon-batcher", daemon=True)
         self._thread.start()
@@ -42,6 +50,12 @@ class Batcher:
 
     async def infer(self, points: np.ndarray) -> dict[str, np.ndarray]:
         return await asyncio.wrap_future(self.submit(points))
+
+    def swap(self, backend):
+        """Send later batches to `backend`; returns the old one, no longer in use (close it)."""
+        with self._using:
+            old, self.backend = self.backend, backend
+        return old
 
     def close(self) -> None:
         self._queue.put(_STOP)
@@ -78,7 +92,9 @@ class Batcher:
     def _infer(self, group: list) -> None:
         t0 = time.perf_counter()
         try:
-            out = self.backend.infer(np.stack([p for p, _ in group]))
+            with self._using:
+                backend = self.backend
+                out = backend.infer(np.stack([p for p, _ in group]))
         except Exception as e:  # every waiting request gets the fault, the worker lives on
             log.exception("inference failed for a batch of %d", len(group))
             for _, future in group:
@@ -87,4 +103,6 @@ class Batcher:
         if self.on_batch:
             self.on_batch(len(group), time.perf_counter() - t0)
         for i, (_, future) in enumerate(group):
-            future.set_result({k: v[i] for k, v in out.items()})
+            item = Outputs({k: v[i] for k, v in out.items()})
+            item.backend = backend
+            future.set_result(item)

@@ -2,7 +2,7 @@
 
 Given a checkpoint, the graph is exported once into `cache_dir/<sha256 prefix>/` (custom-op FPS/kNN
 when the kernel library builds, else pure ONNX) and reused on every later start. Given a directory,
-it is a model repository (`recon_python/<v>/` or `recon_onnx/<v>/`, newest version) or one version
+it is a model repository (`recon_python/<v>/`, the live version; or `recon_onnx/<v>/`) or one version
 directory, with model.onnx and the model_card.json the export wrote.
 """
 from __future__ import annotations
@@ -23,12 +23,14 @@ log = logging.getLogger(__name__)
 def _version_dir(path: Path) -> Path:
     """The version directory holding model.onnx + model_card.json inside a repository path."""
     from recon_serve.export.triton_repo import ONNX_MODEL, PYTHON_MODEL, latest_version
+    from recon_serve.export.versions import version_dir
 
     if (path / "model.onnx").is_file():
         return path
-    for model in (PYTHON_MODEL, ONNX_MODEL):
-        if (path / model).is_dir():
-            return latest_version(path / model)
+    if (path / PYTHON_MODEL).is_dir():
+        return version_dir(path)  # the live version (see export/versions.py)
+    if (path / ONNX_MODEL).is_dir():
+        return latest_version(path / ONNX_MODEL)
     if any(p.name.isdigit() for p in path.iterdir() if p.is_dir()):
         return latest_version(path)
     raise FileNotFoundError(f"{path}: no model.onnx, and not a model repository")

@@ -16,14 +16,29 @@ from recon_serve.backends.base import Backend, version_of
 MODEL = "recon_python"
 
 
+def _client(url: str):
+    import tritonclient.http as httpclient
+
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    return httpclient.InferenceServerClient(parsed.netloc, ssl=parsed.scheme == "https")
+
+
+def load_live_version(url: str, model: str = MODEL) -> None:
+    """Model-control `load`: Triton re-reads config.pbtxt, whose version policy names the live version."""
+    client = _client(url)
+    try:
+        client.load_model(model)
+    finally:
+        client.close()
+
+
 class TritonBackend(Backend):
     name = "triton"
 
     def __init__(self, url: str, repository: str | Path | None = None, model: str = MODEL):
         import tritonclient.http as httpclient
 
-        parsed = urlparse(url if "://" in url else f"http://{url}")
-        self.client = httpclient.InferenceServerClient(parsed.netloc, ssl=parsed.scheme == "https")
+        self.client = _client(url)
         self.model = model
         self._http = httpclient
         meta = self.client.get_model_metadata(model)
@@ -34,13 +49,15 @@ class TritonBackend(Backend):
 
             self.model_card = json.loads((_version_dir(Path(repository)) / "model_card.json").read_text())
         self.version = version_of(self.model_card)
+        number = self.model_card.get("version")  # ask for the card's version, not whichever Triton has newest
+        self.model_version = str(number) if isinstance(number, int) else ""
 
     def infer(self, points: np.ndarray) -> dict[str, np.ndarray]:
         x = np.ascontiguousarray(points, dtype=np.float32)
         inp = self._http.InferInput("points", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         outs = [self._http.InferRequestedOutput(n) for n in self.outputs]
-        result = self.client.infer(self.model, [inp], outputs=outs)
+        result = self.client.infer(self.model, [inp], model_version=self.model_version, outputs=outs)
         return {n: result.as_numpy(n) for n in self.outputs}
 
     def close(self) -> None:

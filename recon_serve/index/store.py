@@ -213,6 +213,20 @@ class ShapeIndex:
             rows = self._db.execute("SELECT model_version, count(*) FROM shapes GROUP BY model_version")
             return {version: n for version, n in rows}
 
+    def export_rows(self, batch: int = 10_000):
+        """Yield (ids, vectors [n,dim], metadata dicts, model versions) in chunks, in insertion order."""
+        last = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT faiss_id, id, vector, metadata, model_version FROM shapes WHERE faiss_id > ? "
+                    "ORDER BY faiss_id LIMIT ?", (last, batch)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield ([r[1] for r in rows], db.decode_vectors([r[2] for r in rows], self.dim),
+                   [json.loads(r[3]) for r in rows], [r[4] for r in rows])
+
     def search(self, query, k: int = 10, filter: dict | None = None):
         """Nearest shapes by cosine. ``query`` [dim] gives a list of hits, [n, dim] a list per row.
 

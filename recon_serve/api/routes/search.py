@@ -13,7 +13,8 @@ router = APIRouter(prefix="/v1/search", responses=schemas.ERROR_RESPONSES)
 MAX_K = 1000
 
 
-async def _search(state: AppState, vector, k: int, filter: dict | None, exclude: str | None = None) -> dict:
+async def _search(state: AppState, vector, k: int, filter: dict | None, exclude: str | None = None,
+                  version: str | None = None) -> dict:
     with state.metrics.time_stage("search"):
         try:
             hits = await run_in_threadpool(state.index.search, vector, k + (exclude is not None), filter)
@@ -21,7 +22,7 @@ async def _search(state: AppState, vector, k: int, filter: dict | None, exclude:
             raise BadRequest(f"invalid search: {e}") from None
     hits = [h for h in hits if h.id != exclude][:k]
     return {"hits": [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits],
-            "model_version": state.backend.version}
+            "model_version": version or state.backend.version}
 
 
 @router.post("/text", response_model=schemas.SearchResponse)
@@ -43,7 +44,7 @@ async def search_shape(request: Request, state: AppState = Depends(get_state)):
     shape_id = inp.get("id")
     if inp.has_shape:
         _, out = await run_shape(state, inp)
-        return await _search(state, unit(out["embedding"]), k, filter)
+        return await _search(state, unit(out["embedding"]), k, filter, version=out.backend.version)
     if shape_id is None:
         raise BadRequest("send a shape (multipart 'file' or JSON 'points') or the 'id' of a stored shape")
     vector = state.index.embedding(str(shape_id))

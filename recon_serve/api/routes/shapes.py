@@ -26,12 +26,13 @@ async def classify(request: Request, state: AppState = Depends(get_state)):
     names = state.backend.model_card.get("class_names") or []
     k = as_int(inp.get("k"), "k", min(5, max(1, len(names))), 1, max(1, len(names)))
     _, out = await run_shape(state, inp)
+    names = out.backend.model_card.get("class_names") or []  # the labels of the model that answered
     if "logits" not in out or not names:
         raise UnknownLabelSet("this model has no classification head or class names; use /v1/zero-shot")
     probs = _softmax(out["logits"].astype(np.float64))
     top = np.argsort(-probs)[:k]
     return {"labels": [{"label": names[i], "probability": float(probs[i])} for i in top],
-            "model_version": state.backend.version}
+            "model_version": out.backend.version}
 
 
 @router.post("/segment", response_model=schemas.SegmentResponse, openapi_extra=schemas.shape_body(
@@ -41,8 +42,8 @@ async def segment(request: Request, state: AppState = Depends(get_state)):
     from recon_serve.evaluate import restrict_to_category
 
     inp = await read_input(request, state)
-    card = state.backend.model_card
     prepared, out = await run_shape(state, inp)
+    card = out.backend.model_card
     if "part_logits" not in out:
         raise UnknownLabelSet("this model has no part segmentation head")
     logits = torch.from_numpy(np.asarray(out["part_logits"], dtype=np.float32))
@@ -56,7 +57,7 @@ async def segment(request: Request, state: AppState = Depends(get_state)):
         labels, category = logits.argmax(-1).numpy(), None
     names = card.get("part_names") or [str(i) for i in range(logits.shape[-1])]
     return {"points": prepared.to_input(prepared.points).tolist(), "labels": [int(x) for x in labels],
-            "part_names": list(names), "category": category, "model_version": state.backend.version}
+            "part_names": list(names), "category": category, "model_version": out.backend.version}
 
 
 def _labels(value) -> list[str]:
@@ -93,7 +94,7 @@ async def zero_shot(request: Request, state: AppState = Depends(get_state)):
     probs = _softmax(100.0 * sims.astype(np.float64))
     order = np.argsort(-sims)
     return {"scores": [{"label": labels[i], "similarity": float(sims[i]), "probability": float(probs[i])} for i in order],
-            "model_version": state.backend.version}
+            "model_version": out.backend.version}
 
 
 @router.post("/embed", response_model=schemas.EmbedResponse, openapi_extra=schemas.shape_body())
@@ -102,7 +103,7 @@ async def embed(request: Request, state: AppState = Depends(get_state)):
     inp = await read_input(request, state)
     _, out = await run_shape(state, inp)
     e = unit(out["embedding"])
-    return {"embedding": e.tolist(), "dim": int(e.shape[0]), "model_version": state.backend.version}
+    return {"embedding": e.tolist(), "dim": int(e.shape[0]), "model_version": out.backend.version}
 
 
 def _record(rec) -> dict:
@@ -123,7 +124,7 @@ async def add_shape(request: Request, state: AppState = Depends(get_state)):
     metadata = as_json_object(inp.get("metadata"), "metadata") or {}
     _, out = await run_shape(state, inp)
     try:
-        await run_in_threadpool(state.index.add, shape_id, unit(out["embedding"]), metadata, state.backend.version)
+        await run_in_threadpool(state.index.add, shape_id, unit(out["embedding"]), metadata, out.backend.version)
     except (TypeError, ValueError) as e:  # metadata that JSON cannot store (NaN, ...)
         raise BadRequest(f"cannot store this shape: {e}") from None
     return _record(state.index.get(shape_id))
