@@ -203,7 +203,8 @@ def _deploy(args) -> int:
               file=sys.stderr)
         return 3
     try:
-        result = deploy(args.candidate, args.repo, note={"report": str(report_path)} if report else None)
+        result = deploy(args.candidate, args.repo, note={"report": str(report_path)} if report else None,
+                        python_site_packages=args.python_site_packages)
     except (FileNotFoundError, FileExistsError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -303,6 +304,7 @@ def main(argv=None) -> int:
         if name == "deploy":
             d.add_argument("candidate", help="candidate checkpoint (with retrain_report.json beside it)")
             d.add_argument("--force", action="store_true", help="deploy even if worse or unevaluated")
+            d.add_argument("--python-site-packages", help="site-packages the Triton python backend model uses")
         d.add_argument("--repo", required=True, help="model repository (Triton layout)")
         d.add_argument("--server", help="running recon-serve URL to switch without restart")
         d.add_argument("--api-key", help="X-API-Key for the server's admin endpoint")

@@ -187,3 +187,35 @@ def test_auto_falls_back_to_pure_onnx_and_says_so(tmp_path, checkpoint, monkeypa
     assert not any(p.name == LIBRARY_NAME for p in tmp_path.rglob("*"))
     with pytest.raises(RuntimeError, match="custom-op library unavailable"):
         write_model_repository(checkpoint, tmp_path, mode="custom_op")
+
+
+def test_triton_follows_deploy_and_rollback(checkpoint, triton_env, tmp_path):
+    """The live version is Triton's own version_policy: model-control load switches it both ways."""
+    import tritonclient.http as http
+
+    from recon_serve.backends.triton_backend import TritonBackend, load_live_version
+    from recon_serve.export import versions
+
+    if isinstance(triton_env, Exception):
+        pytest.skip(f"Triton venv could not be created: {triton_env}")
+    site = str(triton_env.site_packages)
+    torch.manual_seed(1)
+    other, _ = create_model("micro", num_classes=2)
+    save_checkpoint(tmp_path / "other.pt", other.eval(), class_names=["a", "b"])
+    repo = tmp_path / "repo"
+    versions.deploy(checkpoint, repo, python_site_packages=site)
+    versions.deploy(tmp_path / "other.pt", repo, python_site_packages=site)
+    x = _clouds()
+    with TritonServer(repo, env=triton_env) as t:
+        client = http.InferenceServerClient(t.http_url)
+        assert client.is_model_ready(PYTHON_MODEL, "2") and not client.is_model_ready(PYTHON_MODEL, "1")
+        new = TritonBackend(t.http_url, repository=repo)
+        assert new.model_card["class_names"] == ["a", "b"] and new.infer(x)["logits"].shape == (3, 2)
+        versions.rollback(repo)
+        load_live_version(t.http_url)
+        assert client.is_model_ready(PYTHON_MODEL, "1") and not client.is_model_ready(PYTHON_MODEL, "2")
+        old = TritonBackend(t.http_url, repository=repo)
+        assert old.model_card["class_names"] == CLASSES
+        got = old.infer(x)
+        for name, want in _expected((repo,), x).items():
+            np.testing.assert_allclose(got[name], want, atol=1e-5, rtol=0)

@@ -67,13 +67,15 @@ def state(repo) -> dict:
         return {"stack": [], "log": []}
 
 
-def deploy(checkpoint, repo, *, note: dict | None = None, mode: str = "auto") -> dict:
-    """Export `checkpoint` as the next version, keep a copy of it there, and make it live."""
+def deploy(checkpoint, repo, *, note: dict | None = None, mode: str = "auto",
+           python_site_packages: str | None = None) -> dict:
+    """Export `checkpoint` as the next version, keep a copy of it there, and make it live.
+    python_site_packages: as for write_model_repository (the Triton python backend's packages)."""
     from recon_serve.export.triton_repo import write_model_repository
 
     repo = Path(repo)
     before = current_version(repo) if versions(repo) else None
-    summary = write_model_repository(checkpoint, repo, mode=mode)
+    summary = write_model_repository(checkpoint, repo, mode=mode, python_site_packages=python_site_packages)
     v = summary["version"]
     shutil.copy2(checkpoint, version_dir(repo, v) / CHECKPOINT_FILE)
     set_current(repo, v)
