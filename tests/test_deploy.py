@@ -120,13 +120,18 @@ def test_twenty_clients_see_no_failure_across_deploy_and_rollback(work, tmp_path
 
     try:
         v1 = httpx.get(server.url + "/readyz").json()["model_version"]
+        added = httpx.post(server.url + "/v1/shapes", headers={"X-API-Key": "k"},
+                           json={"id": "s1", "points": body["points"]})
+        assert added.status_code == 201, added.text
         threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
         for t in threads:
             t.start()
         time.sleep(2)
         r = _cli("deploy", work["candidate"], "--repo", repo, "--server", server.url, "--api-key", "k", "--force")
         assert "version 2 is live" in r.stdout
-        v2 = httpx.get(server.url + "/readyz").json()["model_version"]
+        ready = httpx.get(server.url + "/readyz").json()
+        v2 = ready["model_version"]
+        assert ready["stale_embeddings"] == {v1: 1} and "--reindex" in ready["detail"]
         time.sleep(3)
         _cli("rollback", "--repo", repo, "--server", server.url, "--api-key", "k")
         time.sleep(3)

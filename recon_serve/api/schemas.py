@@ -82,6 +82,7 @@ class Ready(BaseModel):
     model_version: str | None
     index_size: int
     stale_embeddings: dict[str, int] = Field(description="shapes per model version other than the loaded one")
+    detail: str | None = Field(None, description="what to do about stale embeddings, when there are any")
 
 
 SHAPE_OPTIONS = {

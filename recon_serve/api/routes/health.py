@@ -26,6 +26,10 @@ def readyz(state: AppState = Depends(get_state)):
     body = {"ready": loaded and open_, "model_loaded": loaded, "index_open": open_, "model_version": version,
             "index_size": len(state.index) if open_ else 0,
             "stale_embeddings": {str(v): n for v, n in versions.items() if v != version}}
+    stale = sum(body["stale_embeddings"].values())
+    if stale:  # e.g. after a deploy: searches mix two embedding spaces until the index is rebuilt
+        body["detail"] = (f"{stale} indexed shapes were embedded by another model version; rebuild with "
+                          f"`recon-serve embed --reindex --index {state.settings.index_dir}`")
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 
