@@ -11,10 +11,12 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recon_serve.api.routes import admin, health, search, shapes
@@ -25,6 +27,7 @@ from recon_serve.settings import Settings
 log = logging.getLogger("recon_serve.api")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _BODY_SLACK = 1 << 20  # multipart headers and form fields on top of the file itself
+STATIC_DIR = Path(__file__).resolve().parent / "static"  # the web viewer, built from web/ (npm run build)
 
 
 class RequestIdFilter(logging.Filter):
@@ -105,6 +108,18 @@ def _install_request_context(app: FastAPI) -> None:
         return response
 
 
+def _install_static(app: FastAPI) -> None:
+    """The web viewer: GET / is its page, /static/* its bundle and stylesheet."""
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def viewer():
+        index = STATIC_DIR / "index.html"
+        if not index.is_file():
+            return _error(404, "not_found", "the web viewer is not built (cd web && npm ci && npm run build)")
+        return FileResponse(index, media_type="text/html")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app for `settings` (default: from the environment); the model loads at startup."""
     settings = settings or Settings.from_env()
@@ -127,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.recon = state
     for module in (shapes, search, health, admin):
         app.include_router(module.router)
+    _install_static(app)
     _install_error_handlers(app)
     _install_request_context(app)
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + _BODY_SLACK)
