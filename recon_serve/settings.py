@@ -5,6 +5,7 @@ environment once, and `replace(**overrides)` applies command-line flags on top.
 
     RECON_CHECKPOINT        checkpoint .pt, or a model repository / version directory (default: shipped model)
     RECON_BACKEND           onnxruntime (default) | torch | http://triton-host:8000
+    RECON_TRITON_MODEL      model name on a Triton backend: recon_python (default) or recon_onnx (NGC images)
     RECON_INDEX_DIR         shape index directory (default: index)
     RECON_CACHE_DIR         where exported ONNX graphs are cached (default: ~/.cache/recon-serve/onnx)
     RECON_MAX_UPLOAD_BYTES, RECON_MAX_POINTS, RECON_MAX_FACES, RECON_DECODE_TIMEOUT_S, RECON_DECODE_WORKERS
@@ -31,6 +32,7 @@ def _default_cache() -> str:
 class Settings:
     checkpoint: str | None = None
     backend: str = "onnxruntime"
+    triton_model: str = "recon_python"
     index_dir: str = "index"
     cache_dir: str = field(default_factory=_default_cache)
     max_upload_bytes: int = 64 * MiB

@@ -23,8 +23,9 @@ def load_backend(settings, reload: bool = False) -> Backend:
         from recon_serve.backends.triton_backend import TritonBackend, load_live_version
 
         if reload:
-            load_live_version(kind.replace("triton://", "http://", 1))
-        return TritonBackend(kind.replace("triton://", "http://", 1), repository=settings.checkpoint)
+            load_live_version(kind.replace("triton://", "http://", 1), settings.triton_model)
+        return TritonBackend(kind.replace("triton://", "http://", 1), repository=settings.checkpoint,
+                             model=settings.triton_model)
     raise ValueError(f"backend must be onnxruntime, torch or a Triton URL (http://host:port), not {kind!r}")
 
 
