@@ -103,7 +103,8 @@ def split_indices(labels: np.ndarray, splits, test_fraction: float, seed: int):
 
 
 def current_checkpoint(init=None, repo=None) -> Path:
-    from recon_serve.export.versions import CHECKPOINT_FILE, version_dir
+    from recon_serve.export.triton_repo import CHECKPOINT_FILE
+    from recon_serve.export.versions import version_dir
     from recon_serve.model.factory import DEFAULT_CHECKPOINT
 
     if init:
@@ -111,7 +112,7 @@ def current_checkpoint(init=None, repo=None) -> Path:
     if repo:
         path = version_dir(repo) / CHECKPOINT_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{path} missing: the live version was not deployed by `recon-serve deploy`; "
+            raise FileNotFoundError(f"{path} missing: the live version was exported by an older recon-serve; "
                                     "pass --init with its checkpoint")
         return path
     return DEFAULT_CHECKPOINT

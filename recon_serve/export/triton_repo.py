@@ -4,7 +4,7 @@
     out_dir/recon_onnx/<v>/model.onnx      (+ libpoint_ops.so, model_card.json)
     out_dir/recon_python/config.pbtxt      backend python: any Triton with the python backend, incl. the
     out_dir/recon_python/<v>/model.py      CPU-only server bundled in nvidia-pytriton (see triton_server)
-    out_dir/recon_python/<v>/model.onnx    (+ libpoint_ops.so, model_card.json)
+    out_dir/recon_python/<v>/model.onnx    (+ libpoint_ops.so, model_card.json, checkpoint.pt)
 
 model_card.json carries the labels and preprocessing, so a server needs no checkpoint.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 ONNX_MODEL = "recon_onnx"
 PYTHON_MODEL = "recon_python"
 LIBRARY_NAME = "libpoint_ops.so"
+CHECKPOINT_FILE = "checkpoint.pt"  # the source checkpoint, kept beside the python model
 EXPORT_MODES = ("auto", "custom_op", "pure")
 
 
@@ -177,6 +178,7 @@ def write_model_repository(checkpoint_path=None, out_dir="model_repository", ver
             (d / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
             (out_dir / name / "config.pbtxt").write_text(configs[name])
         (dirs[PYTHON_MODEL] / "model.py").write_text(_model_py(str(site)))
+        shutil.copy2(checkpoint_path, dirs[PYTHON_MODEL] / CHECKPOINT_FILE)  # a retrain starts from it
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"out_dir": str(out_dir), "version": version, "mode": used, "note": note,

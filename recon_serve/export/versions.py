@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 from recon_serve.export.triton_repo import ONNX_MODEL, PYTHON_MODEL, latest_version
 
 STATE_FILE = "deployments.json"
-CHECKPOINT_FILE = "checkpoint.pt"  # kept beside the python model, so a retrain can start from it
 _POLICY = re.compile(r"^version_policy:.*\n?", re.M)
 
 
@@ -69,7 +67,7 @@ def state(repo) -> dict:
 
 def deploy(checkpoint, repo, *, note: dict | None = None, mode: str = "auto",
            python_site_packages: str | None = None) -> dict:
-    """Export `checkpoint` as the next version, keep a copy of it there, and make it live.
+    """Export `checkpoint` as the next version (which keeps a copy of it) and make it live.
     python_site_packages: as for write_model_repository (the Triton python backend's packages)."""
     from recon_serve.export.triton_repo import write_model_repository
 
@@ -77,7 +75,6 @@ def deploy(checkpoint, repo, *, note: dict | None = None, mode: str = "auto",
     before = current_version(repo) if versions(repo) else None
     summary = write_model_repository(checkpoint, repo, mode=mode, python_site_packages=python_site_packages)
     v = summary["version"]
-    shutil.copy2(checkpoint, version_dir(repo, v) / CHECKPOINT_FILE)
     set_current(repo, v)
     st = state(repo)
     if not st["stack"] and before is not None:
