@@ -56,6 +56,7 @@ def test_error_table():
         "UnknownLabelSet": ("unknown_label_set", 400),
         "NotFound": ("not_found", 404),
         "Unauthorized": ("unauthorized", 401),
+        "ReloadFailed": ("reload_failed", 409),
     }
     err = UnknownLabelSet("no label set 'foo'")
     assert isinstance(err, ShapeError) and err.to_dict() == {"error": "unknown_label_set", "detail": "no label set 'foo'"}
