@@ -57,6 +57,8 @@ def load_shapes(files, n_points: int, up_axis: str, limit_per_class: int | None 
     from recon_serve.geometry.preprocess import prepare
 
     classes = sorted({label for _, label, _ in files})
+    if len(classes) < 2:
+        raise ValueError(f"retraining a classifier needs at least 2 classes, found {classes}")
     if limit_per_class:
         kept, seen = [], {}
         for f in files:

@@ -128,8 +128,11 @@ def _local(chunks, skips, model_dir: str, options: JobOptions, workers: int):
 
 
 def _ray(chunks, skips, model_dir: str, options: JobOptions, workers: int):
-    import ray
-    from ray.util import ActorPool
+    try:
+        import ray
+        from ray.util import ActorPool
+    except ImportError:
+        raise ValueError("--engine ray needs Ray: pip install 'recon-serve[ray]'") from None
 
     started = not ray.is_initialized()
     if started:
