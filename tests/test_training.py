@@ -37,3 +37,13 @@ def test_both_stages_run_log_and_resume(tmp_path):
     assert [json.loads(l)["epoch"] for l in (tmp_path / "finetune.log.jsonl").read_text().splitlines()] == [1, 2]
     state = torch.load(tmp_path / "finetune.state.pt", weights_only=False)
     assert state["epoch"] == 2
+
+
+def test_procedural_clouds_extend_the_class_names_by_category():
+    from recon_serve.data.procedural import CATEGORIES
+    from training.cli import procedural_clouds
+
+    pts, labels, names = procedural_clouds(1, ["chair", "bookcase"], points=64)
+    assert names[:2] == ["chair", "bookcase"] and len(names) == 1 + len(CATEGORIES)  # 'chair' is shared
+    assert pts.shape == (len(CATEGORIES), 64, 3) and np.allclose(np.linalg.norm(pts, axis=-1).max(1), 1, atol=1e-5)
+    assert sorted(set(labels.tolist())) == [0] + list(range(2, len(names)))

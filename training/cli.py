@@ -40,19 +40,43 @@ def _logger(run_dir: Path):
     return logging.getLogger("recon-train").info
 
 
-def run_stage(stage: str, recipe: Recipe, run: Path, init, config: str, data, log):
-    """Train one stage from `init` (a checkpoint) or a fresh `config`; writes <run>/<stage>.pt."""
+def procedural_clouds(per_category: int, classes: list[str], points: int = 1024, seed: int = 0):
+    """Procedural train shapes as extra named classes for pretraining: (clouds in the model's z-up frame,
+    labels, class names = `classes` + the generator's categories not already among them)."""
+    import numpy as np
+
+    from recon_serve.data.procedural import generate_dataset
+    from recon_serve.geometry.normalise import normalise
+    from recon_serve.geometry.preprocess import up_rotation
+
+    ds = generate_dataset(per_category=per_category, seed=seed, split="train", n_points=points, progress=True)
+    names = list(classes) + [c for c in ds.categories if c not in classes]
+    rot = up_rotation("y")
+    pts = np.stack([normalise(p @ rot.T) for p in ds.points]).astype(np.float32)
+    return pts, np.array([names.index(ds.categories[c]) for c in ds.category_ids], np.int64), names
+
+
+def run_stage(stage: str, recipe: Recipe, run: Path, init, config: str, data, log, procedural: int = 0):
+    """Train one stage from `init` (a checkpoint) or a fresh `config`; writes <run>/<stage>.pt.
+    procedural > 0 (pretraining only): add that many generated shapes per category as more named classes."""
+    import numpy as np
+
     out = run / f"{stage}.pt"
     if out.exists():
         log(f"[{stage}] {out} exists, skipping")
         return out
     train_pts, train_y, classes, _ = load_modelnet10("train", data)
+    if procedural and stage == "pretrain":
+        extra_pts, extra_y, classes = procedural_clouds(procedural, classes, train_pts.shape[1])
+        train_pts, train_y = np.concatenate([train_pts, extra_pts]), np.concatenate([train_y, extra_y])
+        log(f"[{stage}] + {len(extra_pts)} procedural shapes: {len(classes)} named classes")
     test = load_modelnet10("test", data)
-    model, ckpt = create_model(init or config, num_classes=len(classes))
+    model, ckpt = create_model(init) if init else create_model(config, num_classes=len(classes))
     if model.cls_head is None or model.cfg.num_classes != len(classes):
         model.set_num_classes(len(classes))
     history = (ckpt or {}).get("recipe", {}).get("stages", [])
-    ema = train(model.train(), (train_pts, train_y), recipe, run, classes, test_data=test[:2], log=log)
+    ema = train(model.train(), (train_pts, train_y), recipe, run, classes,
+                test_data=test[:2] if len(classes) == len(test[2]) else None, log=log)
     metrics = None
     if stage == "finetune":
         t = time.time()
@@ -149,6 +173,9 @@ def main(argv=None):
         p.add_argument("--run", required=True, type=Path, help="run directory (state, logs, output)")
         p.add_argument("--data", help="data root (default $RECON_DATA or ../shared/data)")
         _add_recipe_args(p)
+        if name == "pretrain":
+            p.add_argument("--procedural", type=int, default=0,
+                           help="also pretrain on N generated shapes per procedural category (more class names)")
     sg = sub.add_parser("finetune-seg", help="add a part segmentation head trained on procedural shapes")
     sg.add_argument("--init", required=True, help="classification checkpoint to extend")
     sg.add_argument("--run", required=True, type=Path)
@@ -213,7 +240,8 @@ def main(argv=None):
     overrides = {k: getattr(args, k) for k in Recipe.__dataclass_fields__ if k != "stage" and getattr(args, k) is not None}
     recipe = Recipe(stage=args.cmd, **overrides)
     log(f"[{args.cmd}] recipe {asdict(recipe)}")
-    run_stage(args.cmd, recipe, args.run, args.init, args.config, args.data, log)
+    run_stage(args.cmd, recipe, args.run, args.init, args.config, args.data, log,
+              procedural=getattr(args, "procedural", 0))
 
 
 if __name__ == "__main__":
