@@ -142,9 +142,10 @@ def test_custom_op_export_matches_eager(model, custom_path):
 
 
 def test_seg_head_exports_without_dropping_its_epsilon(tmp_path):
-    """Guards optimize=False: onnxscript's optimizer turns the head's `d + 1e-8` into `d` (NaN at centres)."""
+    """Guards optimize=False: onnxscript's optimizer turns the head's `d + 1e-8` into `d` (NaN at centres).
+    The head has the local descriptor too, so its kNN and statistics export as well."""
     torch.manual_seed(0)
-    seg = create_model("micro", num_classes=10, num_parts=5)[0].eval()
+    seg = create_model("micro", num_classes=10, num_parts=5, seg_local_k=8)[0].eval()
     sess = ort_session(export_onnx(seg, tmp_path / "seg.onnx", mode="pure"), threads=2)
     x = torch.rand(2, 256, 3, generator=torch.Generator().manual_seed(4)) * 2 - 1
     with torch.no_grad():

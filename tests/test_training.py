@@ -5,7 +5,7 @@ import torch
 
 from recon_serve.model.factory import create_model
 from recon_serve.model.text import load_teacher
-from training.train import Recipe, train
+from training.train import Recipe, part_weights, train
 
 CLASSES = ["sphere", "cube"]
 
@@ -47,3 +47,12 @@ def test_procedural_clouds_extend_the_class_names_by_category():
     assert names[:2] == ["chair", "bookcase"] and len(names) == 1 + len(CATEGORIES)  # 'chair' is shared
     assert pts.shape == (len(CATEGORIES), 64, 3) and np.allclose(np.linalg.norm(pts, axis=-1).max(1), 1, atol=1e-5)
     assert sorted(set(labels.tolist())) == [0] + list(range(2, len(names)))
+
+
+def test_part_weights_favour_rare_parts_and_keep_the_average_point_at_one():
+    labels = torch.tensor([[0] * 90 + [1] * 9 + [2] * 1])  # part 3 never appears
+    assert part_weights(labels, 4, 0.0) is None
+    w = part_weights(labels, 4, 0.5)
+    assert w[2] > w[1] > w[0] > 0 and w[3] == 0
+    assert torch.isclose(w[labels].mean(), torch.tensor(1.0))
+    assert torch.isclose(w[2] / w[0], torch.tensor(90.0 ** 0.5), rtol=1e-4)

@@ -102,12 +102,20 @@ def run_seg_stage(recipe: Recipe, run: Path, init, per_category: int, points: in
         return out
     train_set = generate_dataset(per_category=per_category, seed=seed, split="train", n_points=points, progress=True)
     model, ckpt = create_model(init)
+    n_parts = len(train_set.part_names)
     if (ckpt or {}).get("part_names") == train_set.part_names:  # refine the trained head
         if recipe.seg_encoder and model.seg_encoder is None:
-            model.set_num_parts(len(train_set.part_names), own_encoder=True)  # rebuilds the head: keep it
+            model.set_num_parts(n_parts, own_encoder=True)  # rebuilds the head: keep it
             model.load_state_dict(ckpt["state_dict"], strict=False)
+        if recipe.seg_local_k and recipe.seg_local_k != model.cfg.seg_local_k:
+            trained = model.seg_head.state_dict()
+            model.cfg.seg_local_k = recipe.seg_local_k
+            model.set_num_parts(n_parts)
+            model.seg_head.load_grown(trained)
+            log(f"[seg] head grown with a {recipe.seg_local_k}-nearest-point descriptor, starting from the trained head")
     else:
-        model.set_num_parts(len(train_set.part_names), own_encoder=recipe.seg_encoder)
+        model.cfg.seg_local_k = recipe.seg_local_k
+        model.set_num_parts(n_parts, own_encoder=recipe.seg_encoder)
     to_model = up_rotation("y")  # procedural shapes are y-up; the model frame is z-up (ModelNet10)
     pts = np.stack([normalise(p @ to_model.T) for p in train_set.points])
     history = (ckpt or {}).get("recipe", {}).get("stages", [])

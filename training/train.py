@@ -43,6 +43,8 @@ class Recipe:
     eval_every: int = 0  # 0: evaluate only at the end
     freeze_encoder: bool = False  # train without changing model.encoder, so classification answers do not move
     seg_encoder: bool = False  # seg: fine-tune a copy of the encoder for the seg head (with freeze_encoder)
+    seg_local_k: int = 0  # seg: give the head each point's k-nearest-point descriptor (0: keep the checkpoint's)
+    part_balance: float = 0.0  # seg: weight a part's points by (its share of points)^-part_balance; mIoU counts parts equally
 
 
 def _dist_info():
@@ -86,6 +88,7 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
     teacher = teacher or load_teacher()
     feats = text_features(class_names, teacher).to(device)
     points, labels = torch.from_numpy(data[0]), torch.from_numpy(data[1])
+    part_weight = part_weights(labels, model.cfg.num_parts, recipe.part_balance).to(device) if recipe.stage == "seg" else None
     model.to(device)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
@@ -135,7 +138,7 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
             for g in opt.param_groups:
                 g["lr"] = lr
             with autocast_context(device):
-                losses = _stage_losses(model, recipe, x, y, cands)
+                losses = _stage_losses(model, recipe, x, y, cands, part_weight)
             loss = sum(v.float() for v in losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch} step {it}: {losses}")
@@ -165,13 +168,24 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
     return ema
 
 
-def _stage_losses(model, recipe: Recipe, x, y, cands) -> dict:
+def part_weights(labels: torch.Tensor, num_parts: int, balance: float) -> torch.Tensor | None:
+    """Per-part loss weights share^-balance (share: the part's fraction of all labelled points),
+    scaled so the average point still weighs 1; None when balance is 0 (plain cross-entropy)."""
+    if not balance:
+        return None
+    counts = torch.bincount(labels.flatten(), minlength=num_parts).double()
+    w = torch.where(counts > 0, (counts / counts.sum()).clamp_min(1e-12) ** -balance, torch.zeros_like(counts))
+    return (w * counts.sum() / (w * counts).sum()).float()
+
+
+def _stage_losses(model, recipe: Recipe, x, y, cands, part_weight=None) -> dict:
     """The objective of each stage. cands: one teacher feature per class for this step."""
     if recipe.stage == "pretrain":
         return model.pretrain_losses(x, cands, y)
     if recipe.stage == "seg":
         logits = model.part_logits(x, train_encoder=recipe.seg_encoder or not recipe.freeze_encoder)
-        return {"seg_ce": F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), label_smoothing=recipe.label_smoothing)}
+        return {"seg_ce": F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), weight=part_weight,
+                                          label_smoothing=recipe.label_smoothing)}
     queries, tokens = model.features(x, stop_grad=False)
     losses = {"ce": F.cross_entropy(model.head_logits(queries, tokens).float(), y, label_smoothing=recipe.label_smoothing)}
     losses["contrast"] = recipe.contrast_weight * model.contrastive_loss(queries.float(), cands, y)["contrast"]

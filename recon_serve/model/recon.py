@@ -43,6 +43,7 @@ class ReConConfig:
     num_classes: int = 0
     num_parts: int = 0  # >0 adds the part segmentation head (parts of all categories in one label space)
     seg_encoder: bool = False  # the seg head has its own fine-tuned encoder (as the paper's ShapeNetPart model)
+    seg_local_k: int = 0  # >0: the seg head also sees a descriptor of each point's k nearest points
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -177,7 +178,7 @@ class ReCon(nn.Module):
         if own_encoder is not None:
             self.cfg.seg_encoder = own_encoder
             self.seg_encoder = copy.deepcopy(self.encoder) if own_encoder else None
-        self.seg_head = SegHead(self.cfg.trans_dim, self.cfg.depth, n)
+        self.seg_head = SegHead(self.cfg.trans_dim, self.cfg.depth, n, local_k=self.cfg.seg_local_k)
         self.seg_head.apply(_init_weights)
 
     # ---- inference -------------------------------------------------------------------------

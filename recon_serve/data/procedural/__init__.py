@@ -21,9 +21,9 @@ import numpy as np
 from recon_serve.data.readers import sample_mesh
 
 from .categories import CATEGORIES
-from .primitives import face_areas, merge, rotation
+from .primitives import face_areas, inside, merge, rotation
 
-__all__ = ["CATEGORIES", "Shape", "Dataset", "generate", "generate_dataset", "split_seeds",
+__all__ = ["CATEGORIES", "Shape", "Dataset", "assemble", "generate", "generate_dataset", "split_seeds",
            "part_names", "label_offsets", "write_shapenetpart_txt", "write_ply", "write_parts_json"]
 
 SPLITS = {"train": 0, "test": 1}
@@ -103,31 +103,76 @@ def _nearest_faces(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray) 
     return out
 
 
-def generate(category: str, seed: int = 0, n_points: int = 2048, yaw: bool = False,
-             min_share: float = 0.01) -> Shape:
-    """One labelled object. Scaled so its largest extent is 1, centred in x/z, standing on y = 0
-    (so models see similar sizes across categories); `yaw` adds a random turn about +y."""
+def _sample(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int):
+    """(points [n,3] float32, unit normals [n,3] float32) uniform on the surface, seeded."""
+    p = sample_mesh(vertices, faces, n, seed=seed)
+    picked = _sampled_faces(vertices, faces, n, seed, p)
+    picked = _nearest_faces(vertices, faces, p) if picked is None else picked
+    return p, _unit_normals(vertices, faces[picked]).astype(np.float32)
+
+
+def _hidden(points: np.ndarray, normals: np.ndarray, earlier: list, later: list, eps: float = 1e-4) -> np.ndarray:
+    """Points of one part that a real object would not show. Tested just off the surface (a point
+    exactly on another mesh's face has no stable winding number): buried if the point nudged
+    outwards is inside another part; on a face shared with a part declared later (a sofa's base
+    flush with its arms) if the point nudged inwards is inside that part, so a shared face keeps
+    one label."""
+    p, n = points.astype(np.float64), normals.astype(np.float64)
+    return inside(p + eps * n, earlier + later) | inside(p - eps * n, later)
+
+
+def assemble(category: str, seed: int = 0, yaw: bool = False):
+    """(closed primitive meshes of each declared part in the output frame, the shape's rng for what
+    follows, a sampling seed per part)."""
     builder, names = CATEGORIES[category]
     rng = np.random.default_rng([int(seed), zlib.crc32(category.encode())])
     built = builder(rng)
     if set(built) != set(names):
         raise RuntimeError(f"{category} builder made parts {sorted(built)}, declared {sorted(names)}")
-    meshes = [merge(built[p] if isinstance(built[p], list) else [built[p]]) for p in names]
-    allv = np.concatenate([v for v, _ in meshes])
+    prims = [built[p] if isinstance(built[p], list) else [built[p]] for p in names]
+    allv = np.concatenate([v for part in prims for v, _ in part])
     lo, hi = allv.min(0), allv.max(0)
     origin = np.array([(lo[0] + hi[0]) / 2, lo[1], (lo[2] + hi[2]) / 2])
     scale = 1.0 / float((hi - lo).max())
     seeds = rng.integers(0, 2 ** 31, size=len(names))
     turn = rotation("y", rng.uniform(0, 2 * np.pi)) if yaw else np.eye(3)
-    meshes = [(((v - origin) * scale) @ turn.T, f) for v, f in meshes]
-    counts = _allocate(np.array([face_areas(m).sum() for m in meshes]), n_points, min_share)
+    return [[(((v - origin) * scale) @ turn.T, f) for v, f in part] for part in prims], rng, seeds
+
+
+def generate(category: str, seed: int = 0, n_points: int = 2048, yaw: bool = False,
+             min_share: float = 0.01) -> Shape:
+    """One labelled object. Scaled so its largest extent is 1, centred in x/z, standing on y = 0
+    (so models see similar sizes across categories); `yaw` adds a random turn about +y.
+
+    Only the object's outer surface is sampled: where parts overlap (a sofa's base inside its
+    arms, a car body under the cabin) the buried surface would carry a label no point cloud can
+    show, so those points are drawn again elsewhere. Points go to parts by visible area.
+    """
+    names = CATEGORIES[category][1]
+    prims, rng, seeds = assemble(category, seed, yaw)
+    meshes = [merge(part) for part in prims]
+    def visible_of(i, p, n):
+        return ~_hidden(p, n, [m for part in prims[:i] for m in part], [m for part in prims[i + 1:] for m in part])
+
+    draws = []  # per part: batches of visible (points, normals)
+    for i, (v, f) in enumerate(meshes):
+        p, n = _sample(v, f, n_points, int(seeds[i]))
+        keep = visible_of(i, p, n)
+        if not keep.any():  # wholly buried: keep it anyway, every declared part must appear
+            keep[:] = True
+        draws.append([(p[keep], n[keep])])
+    visible = np.array([len(d[0][0]) / n_points for d in draws])
+    counts = _allocate(np.array([face_areas(m).sum() for m in meshes]) * visible, n_points, min_share)
     pts, nrm, lab = [], [], []
-    for i, ((v, f), c, s) in enumerate(zip(meshes, counts, seeds)):
-        p = sample_mesh(v, f, int(c), seed=int(s))
-        pts.append(p)
-        picked = _sampled_faces(v, f, int(c), int(s), p)
-        picked = _nearest_faces(v, f, p) if picked is None else picked
-        nrm.append(_unit_normals(v, f[picked]).astype(np.float32))
+    for i, ((v, f), c) in enumerate(zip(meshes, counts)):
+        batch = 1
+        while sum(len(p) for p, _ in draws[i]) < c:  # a part mostly buried but pinned to the floor
+            p, n = _sample(v, f, n_points, int(seeds[i]) + batch)
+            keep = visible_of(i, p, n)
+            draws[i].append((p[keep], n[keep]) if keep.any() else (p, n))
+            batch += 1
+        pts.append(np.concatenate([p for p, _ in draws[i]])[:c])
+        nrm.append(np.concatenate([n for _, n in draws[i]])[:c])
         lab.append(np.full(int(c), i, dtype=np.int64))
     order = rng.permutation(n_points)  # part order must not leak through point order
     return Shape(np.concatenate(pts)[order], np.concatenate(lab)[order], np.concatenate(nrm)[order],

@@ -184,3 +184,27 @@ def face_areas(mesh: Mesh) -> np.ndarray:
     v, f = mesh
     t = v[f]
     return 0.5 * np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1)
+
+
+def winding_number(points: np.ndarray, mesh: Mesh) -> np.ndarray:
+    """Generalised winding number of a closed mesh at each point [M]: 1 inside, 0 outside,
+    1/2 on a face (signed solid angles of the faces, Van Oosterom and Strackee)."""
+    v, f = mesh
+    a, b, c = (v[f[:, i]][None] - points[:, None] for i in range(3))  # [M,F,3]
+    la, lb, lc = (np.linalg.norm(x, axis=-1) for x in (a, b, c))
+    det = (a * np.cross(b, c)).sum(-1)
+    den = la * lb * lc + (a * b).sum(-1) * lc + (b * c).sum(-1) * la + (c * a).sum(-1) * lb
+    return np.arctan2(det, den).sum(1) / (2 * np.pi)
+
+
+def inside(points: np.ndarray, meshes, depth: float = 0.5) -> np.ndarray:
+    """[M] bool: the point lies inside one of the closed `meshes` (winding number > depth). Points
+    exactly on a face are undecided (1/2 either way); callers test just off the surface. Each
+    mesh is tested only where its bounding box reaches."""
+    hit = np.zeros(len(points), dtype=bool)
+    for mesh in meshes:
+        lo, hi = mesh[0].min(0), mesh[0].max(0)
+        near = np.flatnonzero(~hit & (points >= lo).all(1) & (points <= hi).all(1))
+        if len(near):
+            hit[near[winding_number(points[near], mesh) > depth]] = True
+    return hit
