@@ -186,15 +186,21 @@ def face_areas(mesh: Mesh) -> np.ndarray:
     return 0.5 * np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1)
 
 
-def winding_number(points: np.ndarray, mesh: Mesh) -> np.ndarray:
+def winding_number(points: np.ndarray, mesh: Mesh, chunk: int = 128) -> np.ndarray:
     """Generalised winding number of a closed mesh at each point [M]: 1 inside, 0 outside,
-    1/2 on a face (signed solid angles of the faces, Van Oosterom and Strackee)."""
+    1/2 on a face (signed solid angles of the faces, Van Oosterom and Strackee). Points go in
+    chunks so the [chunk, F, 3] temporaries stay in cache."""
     v, f = mesh
-    a, b, c = (v[f[:, i]][None] - points[:, None] for i in range(3))  # [M,F,3]
-    la, lb, lc = (np.linalg.norm(x, axis=-1) for x in (a, b, c))
-    det = (a * np.cross(b, c)).sum(-1)
-    den = la * lb * lc + (a * b).sum(-1) * lc + (b * c).sum(-1) * la + (c * a).sum(-1) * lb
-    return np.arctan2(det, den).sum(1) / (2 * np.pi)
+    tri = v[f]  # [F,3,3]
+    out = np.empty(len(points))
+    for s in range(0, len(points), chunk):
+        a, b, c = (tri[None, :, i] - points[s:s + chunk, None] for i in range(3))  # [m,F,3]
+        la, lb, lc = (np.sqrt(np.einsum("mfk,mfk->mf", x, x)) for x in (a, b, c))
+        det = np.einsum("mfk,mfk->mf", a, np.cross(b, c))
+        den = la * lb * lc + np.einsum("mfk,mfk->mf", a, b) * lc + np.einsum("mfk,mfk->mf", b, c) * la \
+            + np.einsum("mfk,mfk->mf", c, a) * lb
+        out[s:s + chunk] = np.arctan2(det, den).sum(1) / (2 * np.pi)
+    return out
 
 
 def inside(points: np.ndarray, meshes, depth: float = 0.5) -> np.ndarray:
