@@ -57,3 +57,24 @@ def test_finetune_seg_then_eval_seg_contract(tmp_path):
     with torch.no_grad():
         assert torch.equal(before(x)["logits"], after(x)["logits"])
     assert len(ckpt["part_names"]) == after.cfg.num_parts and "chair/seat" in ckpt["part_names"]
+
+
+def test_finetune_seg_refines_a_trained_head_with_local_descriptor_and_balance(tmp_path):
+    """The refine step of the default recipe: start from a seg checkpoint, grow the head, weight rare parts."""
+    torch.manual_seed(0)
+    model, _ = create_model("micro", num_classes=10)
+    save_checkpoint(tmp_path / "init.pt", model.eval(), class_names=MODELNET10)
+    common = ["--per-category", "2", "--points", "256", "--epochs", "1", "--batch-size", "16"]
+    for init, run, extra in (("init.pt", "a", []), ("a/seg.pt", "b", ["--seg-local-k", "8", "--part-balance", "0.5"])):
+        r = subprocess.run([sys.executable, "-m", "training.cli", "finetune-seg", "--init", str(tmp_path / init),
+                            "--run", str(tmp_path / run), *common, *extra], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert "head grown" in (tmp_path / "b" / "train.log").read_text()
+    first, _ = create_model(tmp_path / "a" / "seg.pt")
+    refined, ckpt = create_model(tmp_path / "b" / "seg.pt")
+    assert refined.cfg.seg_local_k == 8 and refined.seg_head.local is not None
+    assert [s["part_balance"] for s in ckpt["recipe"]["stages"]][-2:] == [0.0, 0.5]
+    x = torch.rand(2, 256, 3)
+    with torch.no_grad():
+        assert torch.equal(first(x)["logits"], refined(x)["logits"])
+        assert not torch.equal(first(x)["part_logits"], refined(x)["part_logits"])

@@ -30,6 +30,10 @@ DEFAULT_RECIPE = {
     # part segmentation head on a frozen encoder (classification answers unchanged)
     "seg": Recipe(stage="seg", epochs=8, lr=1e-3, warmup_epochs=1, label_smoothing=0.0, freeze_encoder=True),
     "seg_data": {"per_category": 96, "points": 2048, "seed": 0},
+    # then refined on more shapes with rare parts weighted up (mIoU counts a chimney like a wall)
+    "seg_refine": Recipe(stage="seg", epochs=10, lr=1e-3, warmup_epochs=0, label_smoothing=0.0, freeze_encoder=True,
+                         part_balance=0.5),
+    "seg_refine_data": {"per_category": 160, "points": 2048, "seed": 0},
 }
 
 
@@ -237,6 +241,8 @@ def main(argv=None):
         pre = run_stage("pretrain", DEFAULT_RECIPE["pretrain"], args.run, None, DEFAULT_RECIPE["config"], args.data, log)
         fin = run_stage("finetune", DEFAULT_RECIPE["finetune"], args.run, pre, DEFAULT_RECIPE["config"], args.data, log)
         seg = run_seg_stage(DEFAULT_RECIPE["seg"], args.run, fin, log=log, **DEFAULT_RECIPE["seg_data"])
+        seg = run_seg_stage(DEFAULT_RECIPE["seg_refine"], args.run / "seg_refine", seg, log=log,
+                            **DEFAULT_RECIPE["seg_refine_data"])
         slim_checkpoint(seg, DEFAULT_CHECKPOINT)
         log(f"shipped {DEFAULT_CHECKPOINT} ({DEFAULT_CHECKPOINT.stat().st_size / 1e6:.1f} MB)")
         return

@@ -88,7 +88,8 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
     teacher = teacher or load_teacher()
     feats = text_features(class_names, teacher).to(device)
     points, labels = torch.from_numpy(data[0]), torch.from_numpy(data[1])
-    part_weight = part_weights(labels, model.cfg.num_parts, recipe.part_balance).to(device) if recipe.stage == "seg" else None
+    part_weight = part_weights(labels, model.cfg.num_parts, recipe.part_balance) if recipe.stage == "seg" else None
+    part_weight = None if part_weight is None else part_weight.to(device)
     model.to(device)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
