@@ -37,6 +37,16 @@ def test_shipped_default_meets_its_model_card(tmp_path, shared_data):
     assert r["oa"] >= 93.5 and r["zero_shot_oa"] >= 80.0, r
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="no shipped default checkpoint yet")
+def test_shipped_default_meets_its_seg_target(tmp_path):
+    """Issue contract: eval-seg on the held-out generated shapes gives instance mIoU >= 85 % for the shipped model."""
+    out = _cli("eval-seg", "--json", str(tmp_path / "s.json"))
+    assert out.returncode == 0, out.stderr
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert r["n"] == 680 and r["points"] == 2048 and r["instance_miou"] >= 85.0, r
+
+
 def test_finetune_seg_then_eval_seg_contract(tmp_path):
     torch.manual_seed(0)
     model, _ = create_model("micro", num_classes=10)
