@@ -178,3 +178,11 @@ def test_only_the_outer_surface_is_sampled(category):
             others = [m for j, part in enumerate(prims) if j != i for m in part]
             assert not inside(p + 1e-4 * n, others).any(), (category, seed, s.part_names[i])
             assert not inside(p - 1e-4 * n, [m for part in prims[i + 1:] for m in part]).any()
+
+
+def test_whole_surface_sampling_buries_points_that_outer_sampling_does_not():
+    from training.buried_points import buried_fraction
+
+    seed = split_seeds("test", 1)[0]
+    assert buried_fraction("sofa", seed, 1024, outer_only=False) > 0.1
+    assert buried_fraction("sofa", seed, 1024, outer_only=True) == 0.0

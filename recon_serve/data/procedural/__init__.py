@@ -140,18 +140,21 @@ def assemble(category: str, seed: int = 0, yaw: bool = False):
 
 
 def generate(category: str, seed: int = 0, n_points: int = 2048, yaw: bool = False,
-             min_share: float = 0.01) -> Shape:
+             min_share: float = 0.01, outer_only: bool = True) -> Shape:
     """One labelled object. Scaled so its largest extent is 1, centred in x/z, standing on y = 0
     (so models see similar sizes across categories); `yaw` adds a random turn about +y.
 
     Only the object's outer surface is sampled: where parts overlap (a sofa's base inside its
     arms, a car body under the cabin) the buried surface would carry a label no point cloud can
     show, so those points are drawn again elsewhere. Points go to parts by visible area.
+    `outer_only=False` samples every part's whole surface (how the generator worked before).
     """
     names = CATEGORIES[category][1]
     prims, rng, seeds = assemble(category, seed, yaw)
     meshes = [merge(part) for part in prims]
     def visible_of(i, p, n):
+        if not outer_only:
+            return np.ones(len(p), dtype=bool)
         return ~_hidden(p, n, [m for part in prims[:i] for m in part], [m for part in prims[i + 1:] for m in part])
 
     draws = []  # per part: batches of visible (points, normals)
