@@ -166,7 +166,8 @@ async function analyse(file) {
     return fail(err);
   });
   const labels = zeroShotLabels();
-  const zero = labels.length ? runZeroShot(file, labels, run, axis) : Promise.resolve(null);
+  // the same bad file fails all three calls: one message, whichever answers first
+  const zero = labels.length ? runZeroShot(file, labels, run, axis, `Could not analyse ${file.name}`) : Promise.resolve(null);
   const [seg, cls] = await Promise.all([segment, classify, zero]);
   if (run !== state.run) return;
   if (seg || cls) {
@@ -178,7 +179,7 @@ async function analyse(file) {
   }
 }
 
-async function runZeroShot(file, labels, run = state.run, axis = upAxis()) {
+async function runZeroShot(file, labels, run = state.run, axis = upAxis(), what = 'Zero-shot failed') {
   $('zero-shot-list').replaceChildren(el('li', { className: 'pending', textContent: 'scoring…' }));
   try {
     const result = await api.zeroShot(file, labels, { upAxis: axis });
@@ -187,7 +188,7 @@ async function runZeroShot(file, labels, run = state.run, axis = upAxis()) {
   } catch (err) {
     if (run === state.run) {
       $('zero-shot-list').replaceChildren();
-      showError('Zero-shot failed', err);
+      showError(what, err);
     }
     return null;
   }
