@@ -152,17 +152,17 @@ def generate(category: str, seed: int = 0, n_points: int = 2048, yaw: bool = Fal
     names = CATEGORIES[category][1]
     prims, rng, seeds = assemble(category, seed, yaw)
     meshes = [merge(part) for part in prims]
+
     def visible_of(i, p, n):
         if not outer_only:
             return np.ones(len(p), dtype=bool)
-        return ~_hidden(p, n, [m for part in prims[:i] for m in part], [m for part in prims[i + 1:] for m in part])
+        keep = ~_hidden(p, n, [m for part in prims[:i] for m in part], [m for part in prims[i + 1:] for m in part])
+        return keep if keep.any() else ~keep  # wholly buried: keep it anyway, every declared part must appear
 
     draws = []  # per part: batches of visible (points, normals)
     for i, (v, f) in enumerate(meshes):
         p, n = _sample(v, f, n_points, int(seeds[i]))
         keep = visible_of(i, p, n)
-        if not keep.any():  # wholly buried: keep it anyway, every declared part must appear
-            keep[:] = True
         draws.append([(p[keep], n[keep])])
     visible = np.array([len(d[0][0]) / n_points for d in draws])
     counts = _allocate(np.array([face_areas(m).sum() for m in meshes]) * visible, n_points, min_share)
@@ -172,7 +172,7 @@ def generate(category: str, seed: int = 0, n_points: int = 2048, yaw: bool = Fal
         while sum(len(p) for p, _ in draws[i]) < c:  # a part mostly buried but pinned to the floor
             p, n = _sample(v, f, n_points, int(seeds[i]) + batch)
             keep = visible_of(i, p, n)
-            draws[i].append((p[keep], n[keep]) if keep.any() else (p, n))
+            draws[i].append((p[keep], n[keep]))
             batch += 1
         pts.append(np.concatenate([p for p, _ in draws[i]])[:c])
         nrm.append(np.concatenate([n for _, n in draws[i]])[:c])
