@@ -51,26 +51,38 @@ def evaluate(model, points, labels, class_names, teacher=None, votes: int = 1) -
     return result
 
 
-def shape_iou(pred: np.ndarray, gt: np.ndarray, parts) -> float:
-    """Mean IoU over a shape's category parts; a part absent from both prediction and truth counts 1
+def part_ious(pred: np.ndarray, gt: np.ndarray, parts) -> list[float]:
+    """IoU of each of a shape's category parts; a part absent from both prediction and truth counts 1
     (the ShapeNetPart convention)."""
     ious = []
     for p in parts:
         union = np.logical_or(pred == p, gt == p).sum()
-        ious.append(1.0 if union == 0 else np.logical_and(pred == p, gt == p).sum() / union)
-    return float(np.mean(ious))
+        ious.append(1.0 if union == 0 else float(np.logical_and(pred == p, gt == p).sum() / union))
+    return ious
+
+
+def shape_iou(pred: np.ndarray, gt: np.ndarray, parts) -> float:
+    """Mean IoU over a shape's category parts."""
+    return float(np.mean(part_ious(pred, gt, parts)))
 
 
 def part_miou(preds, gts, categories, category_parts: dict) -> dict:
     """Instance mIoU (mean over shapes) and class mIoU (mean over categories of their shapes' mean),
-    in percent. `category_parts[c]` lists the part ids of category c."""
-    per_shape = [shape_iou(p, g, category_parts[c]) for p, g, c in zip(preds, gts, categories)]
+    in percent, plus each part's mean IoU over its category's shapes (`per_part`, keyed by part id).
+    `category_parts[c]` lists the part ids of category c."""
     by_cat: dict = {}
-    for c, v in zip(categories, per_shape):
-        by_cat.setdefault(c, []).append(v)
+    by_part: dict = {}
+    per_shape = []
+    for p, g, c in zip(preds, gts, categories):
+        ious = part_ious(p, g, category_parts[c])
+        per_shape.append(float(np.mean(ious)))
+        by_cat.setdefault(c, []).append(per_shape[-1])
+        for part, iou in zip(category_parts[c], ious):
+            by_part.setdefault(part, []).append(iou)
     return {"instance_miou": float(np.mean(per_shape) * 100),
             "class_miou": float(np.mean([np.mean(v) for v in by_cat.values()]) * 100),
-            "per_category": {str(c): float(np.mean(v) * 100) for c, v in by_cat.items()}}
+            "per_category": {str(c): float(np.mean(v) * 100) for c, v in by_cat.items()},
+            "per_part": {int(k): float(np.mean(v) * 100) for k, v in by_part.items()}}
 
 
 def restrict_to_category(part_logits: torch.Tensor, category_parts: dict, category=None):
@@ -109,6 +121,7 @@ def evaluate_seg(model, dataset, batch_size: int = 16, up_axis: str = "y") -> di
             free_cats.append(c)
     gts = list(dataset.labels)
     res = part_miou(preds, gts, cats, dataset.category_parts)
+    res["per_part"] = {dataset.part_names[k]: v for k, v in res["per_part"].items()}
     free = part_miou(preds_free, gts, cats, dataset.category_parts)
     res.update(n=len(gts), points=int(dataset.points.shape[1]), inferred_category_instance_miou=free["instance_miou"],
                inferred_category_class_miou=free["class_miou"],

@@ -23,6 +23,7 @@ def test_instance_and_class_miou_differ_as_defined():
     assert r["instance_miou"] == pytest.approx((1 + 1 + lamp) / 3 * 100)
     assert r["class_miou"] == pytest.approx((1 + lamp) / 2 * 100)
     assert r["per_category"]["lamp"] == pytest.approx(25.0)
+    assert r["per_part"] == pytest.approx({0: 100.0, 1: 100.0, 2: 50.0, 3: 0.0})
 
 
 def test_accuracy_report():

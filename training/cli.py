@@ -126,7 +126,7 @@ def run_seg_stage(recipe: Recipe, run: Path, init, per_category: int, points: in
     ema = train(model.train(), (pts, train_set.labels), recipe, run, ckpt.get("class_names") or [], log=log)
     test_set = generate_dataset(per_category=test_per_category, seed=seed, split="test", n_points=points)
     metrics = dict(ckpt.get("metrics") or {})
-    metrics["seg"] = {k: v for k, v in evaluate_seg(ema, test_set).items() if k != "per_category"}
+    metrics["seg"] = {k: v for k, v in evaluate_seg(ema, test_set).items() if k not in ("per_category", "per_part")}
     log("seg test: " + json.dumps(metrics["seg"]))
     extra = {"part_names": train_set.part_names, "category_parts": train_set.category_parts,
              "seg_data": {"generator": "recon_serve.data.procedural", "per_category": per_category, "points": points, "seed": seed}}
