@@ -1,6 +1,7 @@
 """`recon-serve`: the command line of the package.
 
-    recon-serve eval [--checkpoint PATH] [--data DIR] [--votes N] --json FILE
+    recon-serve eval [--benchmark modelnet40|modelnet10] [--checkpoint PATH] [--data DIR] [--votes N] --json FILE
+    recon-serve eval-retrieval --data DIR_OR_NPZ [--checkpoint PATH] [--shape-embeddings max,mean_max] --json FILE
     recon-serve eval-seg [--checkpoint PATH] --json FILE
     recon-serve info [--checkpoint PATH]
     recon-serve export [CHECKPOINT] --out DIR [--mode auto|custom_op|pure]
@@ -28,30 +29,55 @@ def _write_json(path, data) -> None:
 
 
 def _eval(args) -> int:
-    from recon_serve.data.modelnet import load_modelnet10
-    from recon_serve.evaluate import evaluate
+    from recon_serve.benchmarks import evaluate_benchmark
     from recon_serve.model.factory import DEFAULT_CHECKPOINT, create_model
 
     ckpt_path = args.checkpoint or DEFAULT_CHECKPOINT
     t0 = time.time()
     model, ckpt = create_model(ckpt_path)
-    points, labels, classes, _ = load_modelnet10("test", args.data)
-    names = ckpt.get("class_names") if ckpt else None
-    if names and list(names) != classes:
-        print(f"error: checkpoint classes {names} differ from the data's {classes}", file=sys.stderr)
+    try:
+        result = evaluate_benchmark(model, ckpt or {}, args.benchmark, args.data, votes=args.votes)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    if model.cls_head is None:
-        print("note: checkpoint has no classification head; reporting text-prompted accuracy only", file=sys.stderr)
-    result = evaluate(model, points, labels, classes, votes=args.votes)
-    result.update(checkpoint=str(ckpt_path), split="modelnet10/test", seconds=round(time.time() - t0, 1))
+    result.update(checkpoint=str(ckpt_path), seconds=round(time.time() - t0, 1))
     rows = [("overall accuracy (OA)", result.get("oa")), ("mean class accuracy", result.get("macc")),
-            ("text-prompted OA", result["zero_shot_oa"]), ("text-prompted mean class acc", result["zero_shot_macc"])]
-    print(f"ModelNet10 test split, {result['n']} shapes, votes={args.votes} ({'no voting' if args.votes == 1 else 'voting'})")
+            (f"OA with {result['votes']} votes", result.get("oa_vote")),
+            ("zero-shot / text-prompted OA", result["zero_shot_oa"]), ("zero-shot mean class acc", result["zero_shot_macc"])]
+    print(f"{result['split']}, {result['n']} shapes ({result['restriction']})")
     for name, v in rows:
         if v is not None:
             print(f"  {name:<32} {v:6.2f} %")
     print(f"  took {result['seconds']} s")
     _write_json(args.json, result)
+    return 0
+
+
+def _eval_retrieval(args) -> int:
+    from recon_serve.benchmarks import evaluate_retrieval, load_labelled
+    from recon_serve.model.factory import DEFAULT_CHECKPOINT, create_model
+
+    ckpt_path = args.checkpoint or DEFAULT_CHECKPOINT
+    t0 = time.time()
+    try:
+        data = load_labelled(args.data, args.points, args.up_axis)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    model, _ = create_model(ckpt_path)
+    kinds = tuple(k for k in (args.shape_embeddings or "").split(",") if k)
+    r = evaluate_retrieval(model, data, shape_kinds=kinds, d2=not args.no_d2)
+    r.update(checkpoint=str(ckpt_path), data=str(args.data), seconds=round(time.time() - t0, 1))
+    print(f"{args.data}: {r['n']} shapes in {r['classes']} classes, leave-one-out")
+    print(f"  {'':<28} {'NN':>6} {'1-tier':>7} {'2-tier':>7} {'DCG':>6}")
+    rows = [("shape embedding", r), ("text embedding as shape", r["text_embedding"])]
+    rows += [(f"shape embedding: {k}", r["candidates"][k]) for k in kinds]
+    rows += [("D2 shape distribution", r["d2"])] if "d2" in r else []
+    for name, m in rows:
+        print(f"  {name:<28} {m['nn']:6.3f} {m['first_tier']:7.3f} {m['second_tier']:7.3f} {m['dcg']:6.3f}")
+    print(f"  text search P@10 {r['p_at_10']:.3f}; zero-shot top-1 {r['top1']:.3f} (chance {r['chance']:.3f})")
+    print(f"  took {r['seconds']} s")
+    _write_json(args.json, r)
     return 0
 
 
@@ -234,12 +260,22 @@ def _retrain(args) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="recon-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("eval", help="accuracy on the ModelNet10 test split")
+    e = sub.add_parser("eval", help="accuracy on a benchmark's official test split (ModelNet40 or ModelNet10)")
+    e.add_argument("--benchmark", choices=("modelnet40", "modelnet10"), default="modelnet40")
     e.add_argument("--checkpoint", help="checkpoint (default: the shipped model)")
     e.add_argument("--data", help="data root (default $RECON_DATA or ../shared/data)")
-    e.add_argument("--votes", type=int, default=1, help="1 = no voting (default)")
+    e.add_argument("--votes", type=int, default=10, help="votes for oa_vote (the paper's protocol: 10); 1 skips it")
     e.add_argument("--json", help="write the figures here")
     e.set_defaults(fn=_eval)
+    rt = sub.add_parser("eval-retrieval", help="leave-one-out retrieval (PSB measures), text search, zero-shot, D2 baseline")
+    rt.add_argument("--data", required=True, help="a packed .npz set, or a folder of <class>/ sub-folders of shape files")
+    rt.add_argument("--checkpoint", help="checkpoint (default: the shipped model)")
+    rt.add_argument("--points", type=int, default=1024, help="points per shape given to the model")
+    rt.add_argument("--up-axis", choices=("y", "z"), default="z", help="the files' up axis (folders of meshes)")
+    rt.add_argument("--shape-embeddings", help="also measure these poolings, comma-separated (max,mean_max,cls_max)")
+    rt.add_argument("--no-d2", action="store_true", help="skip the D2 baseline")
+    rt.add_argument("--json", help="write the figures here")
+    rt.set_defaults(fn=_eval_retrieval)
     s = sub.add_parser("eval-seg", help="part mIoU on the held-out procedural test set")
     s.add_argument("--checkpoint", help="checkpoint (default: the shipped model)")
     s.add_argument("--per-category", type=int, default=20, help="test shapes per category")

@@ -11,25 +11,41 @@ from recon_serve.model.text import load_teacher, zero_shot_weights
 
 
 @torch.no_grad()
-def predict(model, points: np.ndarray, batch_size: int = 32, votes: int = 1, seed: int = 0):
-    """(logits [N,K] or None, embeddings [N,D]) for normalised clouds [N,P,3]. votes>1 averages
-    scale-and-translate augmented copies (the paper's voting); 1 means no voting."""
+def encode(model, points: np.ndarray, batch_size: int = 32, votes: int = 1, seed: int = 0,
+           shape_kinds: tuple[str, ...] = ()) -> dict:
+    """Model outputs for normalised clouds [N,P,3], fp32 (the numbers the exported model gives):
+    'probs' [N,K] (softmax, if a class head), 'embedding' [N,D], 'shape_embedding' [N,E], and
+    'shape:<kind>' for each extra pooling in `shape_kinds`. votes>1 averages the paper's voting
+    copies (random point order and per-axis scale 0.8..1.25) with the plain one; 1 means no voting."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    logits, embeds = [], []
+    out: dict[str, list] = {}
     for i in range(0, len(points), batch_size):
-        x = torch.from_numpy(points[i : i + batch_size])
-        lsum, esum = 0, 0
+        x = torch.from_numpy(np.ascontiguousarray(points[i : i + batch_size], dtype=np.float32))
+        acc: dict[str, torch.Tensor] = {}
         for v in range(votes):
-            xv = x if v == 0 else x * torch.empty(len(x), 1, 3).uniform_(0.85, 1.15, generator=gen)
-            out = model(xv)  # fp32: the same numbers the exported model gives
-            esum = esum + out["embedding"].float()
-            if "logits" in out:
-                lsum = lsum + out["logits"].float().softmax(-1)
-        embeds.append(torch.nn.functional.normalize(esum, dim=-1))
-        if not isinstance(lsum, int):
-            logits.append(lsum / votes)
-    return (torch.cat(logits).numpy() if logits else None), torch.cat(embeds).numpy()
+            xv = x
+            if v:
+                order = torch.rand(x.shape[:2], generator=gen).argsort(1)
+                xv = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, 3))
+                xv = xv * torch.empty(len(x), 1, 3).uniform_(0.8, 1.25, generator=gen)
+            patches, centres = model.group(xv)
+            queries, tokens = model.encoder(patches, centres)
+            res = {"embedding": model.text_embedding(queries), "shape_embedding": model.shape_embedding(queries, tokens)}
+            res.update({f"shape:{k}": model.shape_embedding(queries, tokens, k) for k in shape_kinds})
+            if model.cls_head is not None:
+                res["probs"] = model.head_logits(queries, tokens).float().softmax(-1)
+            for k, t in res.items():
+                acc[k] = acc.get(k, 0) + t.float()
+        for k, t in acc.items():
+            out.setdefault(k, []).append(t / votes if k == "probs" else torch.nn.functional.normalize(t, dim=-1))
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+def predict(model, points: np.ndarray, batch_size: int = 32, votes: int = 1, seed: int = 0):
+    """(class probabilities [N,K] or None, text embeddings [N,D]) for normalised clouds [N,P,3]."""
+    r = encode(model, points, batch_size, votes, seed)
+    return r.get("probs"), r["embedding"]
 
 
 def accuracy_report(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[float, float]:

@@ -48,14 +48,15 @@ def _clouds():
 
 def _assert_matches_eager(model, path):
     sess = ort_session(path, threads=2)
-    assert [o.name for o in sess.get_outputs()] == ["embedding", "logits"]
+    assert [o.name for o in sess.get_outputs()] == ["embedding", "logits", "shape_embedding"]
     for x in _clouds():
         with torch.no_grad():
             ref = model(x)
-        emb, logits = sess.run(None, {"points": x.numpy()})
+        emb, logits, shape = sess.run(None, {"points": x.numpy()})
         assert emb.shape == tuple(ref["embedding"].shape) and logits.shape == (x.shape[0], 10)
         np.testing.assert_allclose(emb, ref["embedding"].numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(logits, ref["logits"].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(shape, ref["shape_embedding"].numpy(), atol=1e-4, rtol=0)
 
 
 def test_scan_fps_equals_reference():
@@ -151,6 +152,6 @@ def test_seg_head_exports_without_dropping_its_epsilon(tmp_path):
     with torch.no_grad():
         ref = seg(x)
     out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"points": x.numpy()})))
-    assert list(out) == ["embedding", "logits", "part_logits"]
+    assert list(out) == ["embedding", "logits", "part_logits", "shape_embedding"]
     for name, value in out.items():
         np.testing.assert_allclose(value, ref[name].numpy(), atol=1e-4, rtol=0)

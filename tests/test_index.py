@@ -253,3 +253,47 @@ def test_concurrent_adds(tmp_path):
     ix.close()
     with ShapeIndex.open(path) as ix:
         assert set(hit_ids(ix.search(vectors[0], k=500))) == expected
+
+
+def test_shape_field_is_searched_apart_and_survives_a_crash(tmp_path):
+    """Two vectors per shape: the text field and the shape field rank independently, and the
+    shape field's FAISS file is reconciled against SQLite like the text one."""
+    path = tmp_path / "ix"
+    text, shape = random_unit(30, 8, seed=1), random_unit(30, 6, seed=2)
+    ix = ShapeIndex(path, dim=8, shape_dim=6)
+    with pytest.raises(ValueError, match="shape embeddings"):
+        ix.add("x", text[0])
+    ix.add_many([f"s{i}" for i in range(20)], text[:20], shape_embeddings=shape[:20])
+    ix.save()
+    ix.add_many([f"s{i}" for i in range(20, 25)], text[20:25], shape_embeddings=shape[20:25])  # never saved
+    ix.remove("s3")
+    ix.add("s1", text[29], shape_embedding=shape[28])
+    ix.close(save=False)
+    live = {f"s{i}" for i in range(25)} - {"s3"}
+    with ShapeIndex.open(path) as ix:
+        assert ix.fields == {"text": 8, "shape": 6}
+        assert sorted(hit_ids(ix.search(shape[0], k=100, field="shape"))) == sorted(live)
+        assert ix.search(shape[22], k=1, field="shape")[0].id == "s22"
+        assert ix.search(shape[28], k=1, field="shape")[0].id == "s1"
+        assert ix.search(text[29], k=1)[0].id == "s1"
+        np.testing.assert_allclose(ix.embedding("s1", field="shape"), shape[28], atol=1e-6)
+        assert ix.search(shape[5], k=1, field="shape", filter={"missing": None}) == []
+        with pytest.raises(ValueError, match="6"):
+            ix.search(text[0], k=1, field="shape")  # an 8-d query in the 6-d field
+        assert faiss.read_index(str(path / "index.shape.faiss")).ntotal == len(live)
+
+
+def test_an_index_without_shape_vectors_gains_the_field(tmp_path):
+    """An index made before shape vectors opens with shape_dim set: old rows stay text-searchable,
+    new rows get both vectors, and shape search sees only shapes that have a shape vector."""
+    path = tmp_path / "ix"
+    text, shape = random_unit(6, 8, seed=3), random_unit(6, 4, seed=4)
+    with ShapeIndex(path, dim=8) as ix:
+        ix.add_many(["old0", "old1"], text[:2])
+    with ShapeIndex.open(path, shape_dim=4) as ix:
+        ix.add("new", text[2], shape_embedding=shape[2])
+        assert hit_ids(ix.search(shape[2], k=10, field="shape")) == ["new"]
+        assert set(hit_ids(ix.search(text[0], k=10))) == {"old0", "old1", "new"}
+        assert ix.embedding("old0", field="shape") is None
+    with pytest.raises(ValueError, match="shape vectors"):
+        ShapeIndex.open(path, shape_dim=5)

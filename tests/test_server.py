@@ -124,8 +124,10 @@ def test_embed_is_unit_and_deterministic(client):
     a = client.embed(_cloud(1), n_points=N)
     b = client.embed(_cloud(1), n_points=N)
     assert a["dim"] == len(a["embedding"]) == 384
-    assert abs(np.linalg.norm(a["embedding"]) - 1) < 1e-4
-    np.testing.assert_allclose(a["embedding"], b["embedding"], atol=1e-5)
+    assert a["shape_dim"] == len(a["shape_embedding"]) > 0
+    for key in ("embedding", "shape_embedding"):
+        assert abs(np.linalg.norm(a[key]) - 1) < 1e-4
+        np.testing.assert_allclose(a[key], b[key], atol=1e-5)
 
 
 # ------------------------------------------------------------------ user mistakes: 4xx with the error body
@@ -181,6 +183,11 @@ def test_shapes_and_search(client):
     assert {h["metadata"]["category"] for h in only_tables} == {"table"}
     by_id = client.search_shape(id=first, k=3)["hits"]
     assert first not in {h["id"] for h in by_id} and len(by_id) == 3
+    # shape search ranks by the shape embedding, text search by the text embedding
+    a, b = (client.embed(p, n_points=N) for p in chairs)
+    score = {h["id"]: h["score"] for h in by_id}[f"mn/{chairs[1].stem}"]
+    assert abs(score - float(np.dot(a["shape_embedding"], b["shape_embedding"]))) < 1e-4
+    assert abs(score - float(np.dot(a["embedding"], b["embedding"]))) > 1e-3
     by_upload = client.search_shape(chairs[0], k=1, n_points=N)["hits"]
     assert by_upload[0]["id"] == first and by_upload[0]["score"] > 0.999
     client.delete_shape(first)
@@ -263,7 +270,7 @@ def test_torch_and_ort_backends_agree(workdir, server):
     assert ort_b.version == torch_b.version
     x = np.random.default_rng(0).normal(size=(2, N, 3)).astype(np.float32)
     a, b = ort_b.infer(x), torch_b.infer(x)
-    assert set(a) == set(b) == {"embedding", "logits", "part_logits"}
+    assert set(a) == set(b) == {"embedding", "shape_embedding", "logits", "part_logits"}
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-4)
 

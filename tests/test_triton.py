@@ -77,7 +77,8 @@ def test_layout_and_both_configs_parse(repo):
         cfg = _parse(out / name / "config.pbtxt")
         assert cfg.name == name and cfg.max_batch_size == 64
         assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [("points", model_config_pb2.TYPE_FP32, [-1, 3])]
-        assert [(o.name, list(o.dims)) for o in cfg.output] == [("embedding", [384]), ("logits", [10])]
+        assert [(o.name, list(o.dims)) for o in cfg.output] == [("embedding", [384]), ("logits", [10]),
+                                                                  ("shape_embedding", [48])]
         assert all(o.data_type == model_config_pb2.TYPE_FP32 for o in cfg.output)
         assert list(cfg.dynamic_batching.preferred_batch_size) and cfg.dynamic_batching.max_queue_delay_microseconds > 0
         assert [(g.kind, g.count) for g in cfg.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_CPU, 1)]
@@ -126,7 +127,7 @@ def test_bundled_triton_serves_python_model_over_http(server, repo):
     assert client.is_model_ready(PYTHON_MODEL) and not client.is_model_ready(ONNX_MODEL)
     inp = http.InferInput("points", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=True)
-    outs = [http.InferRequestedOutput(n, binary_data=True) for n in ("embedding", "logits")]
+    outs = [http.InferRequestedOutput(n, binary_data=True) for n in ("embedding", "logits", "shape_embedding")]
     result = client.infer(PYTHON_MODEL, [inp], outputs=outs)
     for name, want in _expected(repo, x).items():
         got = result.as_numpy(name)
@@ -140,7 +141,7 @@ def test_bundled_triton_serves_python_model_over_grpc(server, repo):
     x = _clouds()
     client = grpc.InferenceServerClient(server.grpc_url)
     meta = client.get_model_metadata(PYTHON_MODEL, as_json=True)
-    assert [o["name"] for o in meta["outputs"]] == ["embedding", "logits"]
+    assert [o["name"] for o in meta["outputs"]] == ["embedding", "logits", "shape_embedding"]
     inp = grpc.InferInput("points", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     result = client.infer(PYTHON_MODEL, [inp])

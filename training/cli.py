@@ -20,20 +20,24 @@ from recon_serve.data.modelnet import load_modelnet10
 from recon_serve.evaluate import evaluate
 from recon_serve.model.checkpoint import slim_checkpoint
 from recon_serve.model.factory import DEFAULT_CHECKPOINT, create_model
+import numpy as np
+
 from training.train import Recipe, train, write_stage_checkpoint
 
-# The shipped default: what `recon-train default` runs (see models/default/MODEL_CARD.md).
+# The shipped default: what `recon-train default` runs (see models/default/MODEL_CARD.md). Every
+# labelled source of the data root in one vocabulary (training/sources.py), class-disjoint and
+# validation shapes held out; the test split is only evaluated for the model card.
 DEFAULT_RECIPE = {
     "config": "tiny",
-    "pretrain": Recipe(stage="pretrain", epochs=5, lr=5e-4, warmup_epochs=1),
-    "finetune": Recipe(stage="finetune", epochs=30, lr=5e-4, warmup_epochs=2, eval_every=4),
-    # part segmentation head on a frozen encoder (classification answers unchanged)
-    "seg": Recipe(stage="seg", epochs=8, lr=1e-3, warmup_epochs=1, label_smoothing=0.0, freeze_encoder=True),
-    "seg_data": {"per_category": 96, "points": 2048, "seed": 0},
-    # then refined on more shapes with rare parts weighted up (mIoU counts a chimney like a wall)
-    "seg_refine": Recipe(stage="seg", epochs=10, lr=1e-3, warmup_epochs=0, label_smoothing=0.0, freeze_encoder=True,
-                         part_balance=0.5),
-    "seg_refine_data": {"per_category": 160, "points": 2048, "seed": 0},
+    "data": {"seed": 0, "val_fraction": 0.1, "disjoint_fraction": 0.15, "procedural": 24},
+    # ReCon objective on every training shape (real and procedural), random up-axis rotation
+    "pretrain": Recipe(stage="pretrain", epochs=4, lr=5e-4, warmup_epochs=1, rotate=True),
+    # classification over the merged vocabulary (real shapes), text contrast kept; val OA logged per epoch
+    "finetune": Recipe(stage="finetune", epochs=8, lr=5e-4, warmup_epochs=1, point_dropout=0.5, eval_every=1),
+    # part segmentation head on the frozen encoder, rare parts weighted up (mIoU counts a chimney like a wall)
+    "seg": Recipe(stage="seg", epochs=6, lr=1e-3, warmup_epochs=1, label_smoothing=0.0, freeze_encoder=True,
+                  part_balance=0.5),
+    "seg_data": {"per_category": 160, "points": 2048, "seed": 0},
 }
 
 
@@ -88,6 +92,42 @@ def run_stage(stage: str, recipe: Recipe, run: Path, init, config: str, data, lo
         metrics["eval_seconds"] = round(time.time() - t, 1)
         log("test: " + json.dumps(metrics))
     write_stage_checkpoint(out, ema, classes, recipe, history, metrics)
+    return out
+
+
+def run_broad_stage(stage: str, recipe: Recipe, run: Path, init, config: str, data, log, data_recipe: dict):
+    """One stage of the broad model on every source (training/sources.py); writes <run>/<stage>.pt.
+    pretrain: every training shape, captions from all of a class's names; finetune: real shapes only,
+    a head over the classes they cover, validation accuracy logged each epoch."""
+    from training.sources import build_splits
+
+    out = run / f"{stage}.pt"
+    if out.exists():
+        log(f"[{stage}] {out} exists, skipping")
+        return out
+    vocab, splits, held = build_splits(data, **data_recipe)
+    train_set = splits["train"]
+    if stage == "finetune":
+        train_set = train_set.take(np.flatnonzero(train_set.sources != "procedural"))
+    classes = sorted(set(train_set.labels.tolist()))
+    head = {c: i for i, c in enumerate(classes)}
+    names = [vocab.names(vocab.classes[c]) for c in classes]
+    y = np.array([head[c] for c in train_set.labels])
+    log(f"[{stage}] {len(train_set)} shapes in {len(classes)} classes; held out: {len(splits['val'])} val, "
+        f"{len(splits['disjoint'])} class-disjoint ({len(held)} classes)")
+    model, ckpt = create_model(init) if init else create_model(config, num_classes=len(classes))
+    if model.cls_head is None or model.cfg.num_classes != len(classes) or (ckpt or {}).get("class_names") != [n[0] for n in names]:
+        model.set_num_classes(len(classes))
+    val = splits["val"].take([i for i, c in enumerate(splits["val"].labels) if c in head])
+    val_data = (np.stack([p[:recipe.n_points] for p in val.points]), np.array([head[c] for c in val.labels]))
+    history = (ckpt or {}).get("recipe", {}).get("stages", [])
+    ema = train(model.train(), (train_set.points, y), recipe, run, names,
+                test_data=val_data if stage == "finetune" else None, log=log)
+    extra = {"vocabulary": vocab.to_dict(), "splits": {**data_recipe, "disjoint_classes": held}}
+    for k in ("part_names", "category_parts", "seg_data"):  # a warm start keeps its part head's description
+        if (ckpt or {}).get(k) is not None and model.seg_head is not None:
+            extra[k] = ckpt[k]
+    write_stage_checkpoint(out, ema, [n[0] for n in names], recipe, history, extra=extra)
     return out
 
 
@@ -198,6 +238,7 @@ def main(argv=None):
     d = sub.add_parser("default", help="run the shipped default's full recipe")
     d.add_argument("--run", type=Path, default=Path("runs/default"))
     d.add_argument("--data")
+    d.add_argument("--init", help="warm start the pretraining from this checkpoint (the model card names the one used)")
     g = sub.add_parser("generate", help="write procedural part-labelled shapes (recon_serve/data/procedural)")
     g.add_argument("--out", type=Path, required=True)
     g.add_argument("--per-category", type=int, default=16)
@@ -238,11 +279,10 @@ def main(argv=None):
     log = _logger(args.run)
 
     if args.cmd == "default":
-        pre = run_stage("pretrain", DEFAULT_RECIPE["pretrain"], args.run, None, DEFAULT_RECIPE["config"], args.data, log)
-        fin = run_stage("finetune", DEFAULT_RECIPE["finetune"], args.run, pre, DEFAULT_RECIPE["config"], args.data, log)
-        seg = run_seg_stage(DEFAULT_RECIPE["seg"], args.run, fin, log=log, **DEFAULT_RECIPE["seg_data"])
-        seg = run_seg_stage(DEFAULT_RECIPE["seg_refine"], args.run / "seg_refine", seg, log=log,
-                            **DEFAULT_RECIPE["seg_refine_data"])
+        R = DEFAULT_RECIPE
+        pre = run_broad_stage("pretrain", R["pretrain"], args.run, args.init, R["config"], args.data, log, R["data"])
+        fin = run_broad_stage("finetune", R["finetune"], args.run, pre, R["config"], args.data, log, R["data"])
+        seg = run_seg_stage(R["seg"], args.run, fin, log=log, **R["seg_data"])
         slim_checkpoint(seg, DEFAULT_CHECKPOINT)
         log(f"shipped {DEFAULT_CHECKPOINT} ({DEFAULT_CHECKPOINT.stat().st_size / 1e6:.1f} MB)")
         return

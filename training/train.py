@@ -25,7 +25,7 @@ from recon_serve.evaluate import evaluate
 from recon_serve.model.checkpoint import save_checkpoint
 from recon_serve.model.text import TEMPLATES, class_text, load_teacher
 from recon_serve.runtime import autocast_context, default_device
-from training.augment import scale_and_translate, shuffle_points
+from training.augment import point_dropout, rotate_about_up, scale_and_translate, shuffle_points
 
 
 @dataclass
@@ -45,6 +45,9 @@ class Recipe:
     seg_encoder: bool = False  # seg: fine-tune a copy of the encoder for the seg head (with freeze_encoder)
     seg_local_k: int = 0  # seg: give the head each point's k-nearest-point descriptor (0: keep the checkpoint's)
     part_balance: float = 0.0  # seg: weight a part's points by (its share of points)^-part_balance; mIoU counts parts equally
+    n_points: int = 1024  # points per training cloud: a fresh random subset each epoch of clouds that have more
+    rotate: bool = False  # random rotation about the up axis (z) per cloud
+    point_dropout: float = 0.0  # drop up to this fraction of each cloud's points (PointNet++'s random dropout)
 
 
 def _dist_info():
@@ -55,10 +58,37 @@ def _dist_info():
     return rank, world
 
 
-def text_features(class_names, teacher) -> torch.Tensor:
-    """[K, T, D] teacher features of every class under every prompt template."""
-    prompts = [t.format(class_text(c)) for c in class_names for t in TEMPLATES]
-    return teacher(prompts).reshape(len(class_names), len(TEMPLATES), -1)
+class CaptionBank:
+    """Teacher features of every caption of every class: each of a class's names (a str, or a list
+    of synonyms) in each prompt template. The raw teacher features are the distillation targets."""
+
+    def __init__(self, class_names, teacher):
+        names = [[n] if isinstance(n, str) else list(n) for n in class_names]
+        prompts = [t.format(class_text(n)) for ns in names for n in ns for t in TEMPLATES]
+        self.features = teacher(prompts) if prompts else torch.empty(0, 0)
+        counts = torch.tensor([len(ns) * len(TEMPLATES) for ns in names])
+        self.counts, self.starts = counts, torch.cumsum(counts, 0) - counts
+
+    def to(self, device) -> "CaptionBank":
+        self.features, self.counts, self.starts = (t.to(device) for t in (self.features, self.counts, self.starts))
+        return self
+
+    def batch(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(captions [T,D], ids [B]): one random caption per distinct class in the batch, so the
+        contrastive negatives are the other captions in the batch, never a fixed label list."""
+        distinct, ids = torch.unique(labels, return_inverse=True)
+        pick = self.starts[distinct] + (torch.rand(len(distinct), device=labels.device) * self.counts[distinct]).long()
+        return self.features[pick], ids
+
+
+def sample_points(points, idx, n: int) -> torch.Tensor:
+    """[B, n, 3]: for each chosen cloud a random n of its points (all of them, shuffled, when it has n)."""
+    out = []
+    for i in idx.tolist():
+        p = points[i]
+        sel = torch.randperm(len(p))[:n] if len(p) >= n else torch.randint(len(p), (n,))
+        out.append(torch.as_tensor(p[sel.numpy()]))
+    return torch.stack(out)
 
 
 def _lr_at(step: float, total: float, warmup: float, base: float) -> float:
@@ -86,8 +116,11 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
     np.random.seed(recipe.seed + rank)
 
     teacher = teacher or load_teacher()
-    feats = text_features(class_names, teacher).to(device)
-    points, labels = torch.from_numpy(data[0]), torch.from_numpy(data[1])
+    bank = CaptionBank(class_names, teacher).to(device)
+    points, labels = data[0], torch.as_tensor(np.asarray(data[1]))
+    uniform = isinstance(points, np.ndarray) and points.shape[1] == recipe.n_points
+    if isinstance(points, np.ndarray):
+        points = torch.from_numpy(points)
     part_weight = part_weights(labels, model.cfg.num_parts, recipe.part_balance) if recipe.stage == "seg" else None
     part_weight = None if part_weight is None else part_weight.to(device)
     model.to(device)
@@ -129,12 +162,19 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
         bar = tqdm(range(steps_per_epoch), desc=f"{recipe.stage} {epoch + 1}/{recipe.epochs}", disable=not progress or rank, leave=False)
         for it in bar:
             idx = order[it * recipe.batch_size : (it + 1) * recipe.batch_size]
-            x = scale_and_translate(points[idx].to(device))
-            if recipe.stage != "seg":  # seg labels are per point: keep the order
-                x = shuffle_points(x)
+            if recipe.stage == "seg" or uniform:  # seg labels are per point: keep the order
+                x = points[idx].to(device)
+                if recipe.stage != "seg":
+                    x = shuffle_points(x)
+            else:
+                x = sample_points(points, idx, recipe.n_points).to(device)
+            if recipe.rotate:
+                x = rotate_about_up(x)
+            x = scale_and_translate(x)
+            if recipe.point_dropout:
+                x = point_dropout(x, recipe.point_dropout)
             y = labels[idx].to(device)
-            tpl = torch.randint(len(TEMPLATES), (feats.shape[0],), device=device)
-            cands = feats[torch.arange(feats.shape[0], device=device), tpl]  # one prompt per class this step
+            cands = bank.batch(y) if recipe.stage != "seg" else None
             lr = _lr_at(epoch * steps_per_epoch + it, total, recipe.warmup_epochs * steps_per_epoch, recipe.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -159,7 +199,8 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
         rec = {"epoch": epoch + 1, "lr": lr, "seconds": round(time.time() - t0, 1), **{k: v / steps_per_epoch for k, v in sums.items()}}
         if test_data is not None and recipe.eval_every and (epoch + 1) % recipe.eval_every == 0 and rank == 0:
-            rec["eval_ema"] = evaluate(ema, test_data[0], test_data[1], class_names, teacher)
+            names = [n if isinstance(n, str) else n[0] for n in class_names]
+            rec["eval_ema"] = evaluate(ema, test_data[0], test_data[1], names, teacher)
         if rank == 0:
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
@@ -180,16 +221,16 @@ def part_weights(labels: torch.Tensor, num_parts: int, balance: float) -> torch.
 
 
 def _stage_losses(model, recipe: Recipe, x, y, cands, part_weight=None) -> dict:
-    """The objective of each stage. cands: one teacher feature per class for this step."""
+    """The objective of each stage. cands: (captions of the batch's classes, each sample's caption id)."""
     if recipe.stage == "pretrain":
-        return model.pretrain_losses(x, cands, y)
+        return model.pretrain_losses(x, *cands)
     if recipe.stage == "seg":
         logits = model.part_logits(x, train_encoder=recipe.seg_encoder or not recipe.freeze_encoder)
         return {"seg_ce": F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), weight=part_weight,
                                           label_smoothing=recipe.label_smoothing)}
     queries, tokens = model.features(x, stop_grad=False)
     losses = {"ce": F.cross_entropy(model.head_logits(queries, tokens).float(), y, label_smoothing=recipe.label_smoothing)}
-    losses["contrast"] = recipe.contrast_weight * model.contrastive_loss(queries.float(), cands, y)["contrast"]
+    losses["contrast"] = recipe.contrast_weight * model.contrastive_loss(queries.float(), *cands)["contrast"]
     return losses
 
 

@@ -149,6 +149,11 @@ async def run_shape(state: AppState, inp: ShapeInput) -> tuple[Prepared, dict[st
     return prepared, await infer(state, prepared)
 
 
+def shape_vector(state: AppState, out) -> np.ndarray | None:
+    """The shape embedding to store or search with, when the index has a shape field."""
+    return unit(out["shape_embedding"]) if "shape" in state.index.fields and "shape_embedding" in out else None
+
+
 def unit(vector: np.ndarray) -> np.ndarray:
     v = np.asarray(vector, dtype=np.float32)
     norm = float(np.linalg.norm(v))

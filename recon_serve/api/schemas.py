@@ -41,8 +41,12 @@ class ZeroShotResponse(BaseModel):
 
 
 class EmbedResponse(BaseModel):
-    embedding: list[float] = Field(description="unit-length, in the text teacher's space")
+    embedding: list[float] = Field(description="text embedding: unit-length, in the text teacher's space "
+                                               "(text search, zero-shot)")
     dim: int = Field(examples=[384])
+    shape_embedding: list[float] | None = Field(None, description="shape embedding: unit-length, pooled from the "
+                                                                  "encoder's local tokens (shape-to-shape search)")
+    shape_dim: int | None = Field(None, examples=[192])
     model_version: str
 
 

@@ -66,12 +66,7 @@ class AppState:
         s = self.settings
         self.backend = load_backend(s)
         self.batcher = Batcher(self.backend, s.max_batch, s.max_wait_ms, on_batch=self.metrics.on_batch)
-        dim = int(self.backend.model_card.get("embedding_dim") or 384)
-        path = Path(s.index_dir)
-        if (path / "index.json").is_file():
-            self.index = ShapeIndex.open(path, model_version=self.backend.version)
-        else:
-            self.index = ShapeIndex(path, dim=dim, model_version=self.backend.version)
+        self.index = ShapeIndex.for_model(Path(s.index_dir), self.backend.model_card, self.backend.version)
         self.decoder = Decoder(s.decode_limits, workers=s.decode_workers)
         self.metrics.index_size.set_function(lambda: len(self.index) if self.index is not None else 0)
 
@@ -90,7 +85,7 @@ class AppState:
                 new.close()
                 return {"changed": False, "model_version": old.version}
             try:
-                check_backend(new, self.index.dim)
+                check_backend(new, self.index.fields)
             except Exception as e:
                 new.close()
                 raise ReloadFailed(f"the new model failed its check: {e}") from None
@@ -107,15 +102,17 @@ class AppState:
                 setattr(self, name, None)
 
 
-def check_backend(backend, dim: int) -> None:
-    """A model about to serve must give finite outputs of the index's size for a plain shape."""
+def check_backend(backend, fields: dict[str, int]) -> None:
+    """A model about to serve must give finite outputs of the index's sizes for a plain shape."""
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(2, backend.num_points, 3)).astype(np.float32)
     pts /= np.linalg.norm(pts, axis=-1, keepdims=True)  # two unit spheres
     out = backend.infer(pts)
-    emb = np.asarray(out.get("embedding"))
-    if emb.shape != (2, dim):
-        raise ValueError(f"embedding shape {emb.shape}, the index holds {dim}-d vectors")
+    for field, output in (("text", "embedding"), ("shape", "shape_embedding")):
+        if field in fields:
+            emb = np.asarray(out.get(output))
+            if emb.shape != (2, fields[field]):
+                raise ValueError(f"{output} shape {emb.shape}, the index holds {fields[field]}-d {field} vectors")
     for k, v in out.items():
         if not np.all(np.isfinite(v)):
             raise ValueError(f"non-finite values in {k}")

@@ -58,6 +58,8 @@ def card_from_checkpoint(ckpt: dict, model, path: Path, sha256: str) -> dict:
         "normalisation": ckpt.get("normalisation"),
         "num_points": cfg.num_points,
         "embedding_dim": cfg.text_dim,
+        "shape_embedding_dim": model.shape_embedding_dim,
+        "zero_shot_temperature": ckpt.get("zero_shot_temperature"),
         "teacher": ckpt.get("teacher"),
         "metrics": ckpt.get("metrics") or {},
         "source_checkpoint": {"path": str(path), "sha256": sha256},

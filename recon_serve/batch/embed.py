@@ -50,7 +50,8 @@ class EmbedWorker:
     def process(self, chunk: list[tuple[str, str]], skip: dict[str, str]) -> list[tuple]:
         """chunk: (id, path); skip: id -> sha256 already embedded by this model.
 
-        Returns ("ok", id, sha, embedding) | ("skip", id, sha, None) | ("error", id, sha, reason).
+        Returns ("ok", id, sha, (embedding, shape embedding or None)) | ("skip", id, sha, None) |
+        ("error", id, sha, reason).
         """
         from recon_serve.errors import ShapeError
         from recon_serve.geometry.preprocess import prepare
@@ -72,10 +73,13 @@ class EmbedWorker:
             except OSError as e:
                 out.append(("error", id_, sha, f"unreadable: {e}"))
         if ready:
-            emb = self.backend.infer(np.stack([p for _, _, p in ready]))["embedding"]
-            bad = ~np.isfinite(emb).all(axis=1) | (np.linalg.norm(emb, axis=1) == 0)
-            for (id_, sha, _), e, b in zip(ready, emb, bad):
-                out.append(("error", id_, sha, "model gave a non-finite embedding") if b else ("ok", id_, sha, e))
+            res = self.backend.infer(np.stack([p for _, _, p in ready]))
+            emb, shp = res["embedding"], res.get("shape_embedding")
+            both = emb if shp is None else np.concatenate([emb, shp], axis=1)
+            bad = ~np.isfinite(both).all(axis=1) | (np.linalg.norm(emb, axis=1) == 0)
+            for i, ((id_, sha, _), b) in enumerate(zip(ready, bad)):
+                vecs = (emb[i], None if shp is None else shp[i])
+                out.append(("error", id_, sha, "model gave a non-finite embedding") if b else ("ok", id_, sha, vecs))
         return out
 
     def close(self) -> None:
@@ -185,7 +189,7 @@ def embed_library(source, index_dir, *, checkpoint=None, workers: int | None = N
         files = discover(source, metadata_csv)
         # export once here (cached); workers open the exported graph
         ref = OrtBackend(checkpoint or DEFAULT_CHECKPOINT, cache_dir or Settings().cache_dir, threads=1)
-        model_dir, version, dim = str(ref.path), ref.version, int(ref.model_card.get("embedding_dim") or 384)
+        model_dir, version, card = str(ref.path), ref.version, ref.model_card
         ref.close()
         known = {} if reindex else manifest.known()
         done = {i: sha for i, (sha, status, v) in known.items() if status == "ok" and v == version}
@@ -195,16 +199,16 @@ def embed_library(source, index_dir, *, checkpoint=None, workers: int | None = N
         skips = [{i: done[i] for i, _ in c if i in done} for c in chunks]
         workers = max(1, workers or os.cpu_count() or 1)
         counts = {"embedded": 0, "skipped": 0, "failed": 0}
-        with ShapeIndex.open(index_dir, model_version=version) if (index_dir / "index.json").is_file() \
-                else ShapeIndex(index_dir, dim=dim, model_version=version) as index:
+        with ShapeIndex.for_model(index_dir, card, version) as index:
             last_save = t_embed = time.time()
             bar = tqdm(total=len(files), unit="file", desc=f"embed ({engine}, {workers} worker{'s' * (workers > 1)})",
                        disable=not progress, smoothing=0.1)
             for results in ENGINES[engine](chunks, skips, model_dir, options, workers):
                 ok = [r for r in results if r[0] == "ok"]
                 if ok:
-                    index.add_many([r[1] for r in ok], np.stack([r[3] for r in ok]),
-                                   [by_id[r[1]].metadata for r in ok], version)
+                    shapes = np.stack([r[3][1] for r in ok]) if "shape" in index.fields else None
+                    index.add_many([r[1] for r in ok], np.stack([r[3][0] for r in ok]),
+                                   [by_id[r[1]].metadata for r in ok], version, shapes)
                 failed = [r for r in results if r[0] == "error"]
                 for r in failed:
                     index.remove(r[1])  # a file that broke since its last embedding leaves the index
@@ -252,13 +256,20 @@ def write_parquet(index, path: Path) -> str | None:
         log.warning("pyarrow is not installed: no %s written", path.name)
         return None
     tmp = path.with_name(f".{path.name}.tmp")
-    schema = pa.schema([("id", pa.string()), ("model_version", pa.string()),
-                        ("embedding", pa.list_(pa.float32(), index.dim)), ("metadata", pa.string())])
+    fields = [("id", pa.string()), ("model_version", pa.string()),
+              ("embedding", pa.list_(pa.float32(), index.dim)), ("metadata", pa.string())]
+    shape_dim = index.fields.get("shape")
+    if shape_dim:  # NaN rows: shapes stored before the index had shape vectors
+        fields.append(("shape_embedding", pa.list_(pa.float32(), shape_dim)))
+    schema = pa.schema(fields)
     with pq.ParquetWriter(tmp, schema) as w:
-        for ids, vectors, metas, versions in index.export_rows():
-            w.write_table(pa.table({"id": ids, "model_version": versions,
-                                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), index.dim),
-                                    "metadata": [json.dumps(m) for m in metas]}, schema=schema))
+        for ids, vectors, metas, versions, shapes in index.export_rows():
+            cols = {"id": ids, "model_version": versions,
+                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), index.dim),
+                    "metadata": [json.dumps(m) for m in metas]}
+            if shape_dim:
+                cols["shape_embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(shapes.reshape(-1)), shape_dim)
+            w.write_table(pa.table(cols, schema=schema))
     os.replace(tmp, path)
     return str(path)
 

@@ -6,7 +6,8 @@ Two graph flavours, same inputs/outputs:
     the C++ kernel library (`recon_serve.ops.custom_ops_library()`); faster, and the only form a
     Triton/TensorRT plugin can take over.
 Input `points` [B,N,3] float32 with B and N dynamic; outputs `embedding` [B,D], then `logits` [B,K]
-when the model has a classification head (and `part_logits` [B,N,P] with a segmentation head).
+when the model has a classification head (and `part_logits` [B,N,P] with a segmentation head), then
+`shape_embedding` [B,E] (for shape-to-shape search).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ MODES = {"pure": "scan", "custom_op": "custom_op"}  # export mode -> grouping mo
 INPUT = "points"
 
 
-OUTPUTS = ("embedding", "logits", "part_logits")  # ONNX output order; a model exports those it returns
+# ONNX output order; a model exports those it returns
+OUTPUTS = ("embedding", "logits", "part_logits", "shape_embedding")
 
 
 class _Outputs(nn.Module):

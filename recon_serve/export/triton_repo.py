@@ -105,6 +105,8 @@ def _card(ckpt: dict, model, checkpoint_path: Path, version: int, mode: str, dom
         "normalisation": ckpt.get("normalisation"),
         "num_points": cfg.num_points,
         "embedding_dim": outputs["embedding"][0],
+        "shape_embedding_dim": outputs.get("shape_embedding", [0])[0],
+        "zero_shot_temperature": ckpt.get("zero_shot_temperature"),
         "teacher": ckpt.get("teacher"),
         "metrics": ckpt.get("metrics") or {},
         "source_checkpoint": {"path": str(checkpoint_path),

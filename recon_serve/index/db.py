@@ -1,7 +1,7 @@
 """SQLite side of the shape index: the source of truth.
 
-Each row holds the user's string id, its int64 faiss id, the raw float32 vector, JSON metadata
-and the model version. The vector lives here (not only in FAISS) so the FAISS index can always
+Each row holds the user's string id, its int64 faiss id, the raw float32 vectors (text, and shape
+when the index has that field), JSON metadata and the model version. The vector lives here (not only in FAISS) so the FAISS index can always
 be rebuilt: after a crash, on switching flat -> HNSW, or on compaction.
 
 ``faiss_id`` is an AUTOINCREMENT rowid, so an id is never reused, not even after a delete. That
@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS shapes (
     faiss_id      INTEGER PRIMARY KEY AUTOINCREMENT,
     id            TEXT NOT NULL UNIQUE,
     vector        BLOB NOT NULL,
+    shape_vector  BLOB,
     metadata      TEXT NOT NULL DEFAULT '{}',
     model_version TEXT,
     added_at      REAL NOT NULL
@@ -38,6 +39,8 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    if "shape_vector" not in {r[1] for r in conn.execute("PRAGMA table_info(shapes)")}:  # an index from before shape vectors
+        conn.execute("ALTER TABLE shapes ADD COLUMN shape_vector BLOB")
     return conn
 
 

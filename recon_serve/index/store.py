@@ -2,9 +2,14 @@
 
 Layout of ``path``::
 
-    index.json      dim and settings (``ShapeIndex.open`` reads it)
-    shapes.sqlite   source of truth: string id, faiss id, vector, metadata, model version
-    index.faiss     derived search structure, written atomically by ``save()``
+    index.json         dims and settings (``ShapeIndex.open`` reads it)
+    shapes.sqlite      source of truth: string id, faiss id, vectors, metadata, model version
+    index.faiss        derived search structure of the ``text`` field, written atomically by ``save()``
+    index.shape.faiss  the same for the ``shape`` field, when the index has one (``shape_dim`` > 0)
+
+Vector fields: every shape has a ``text`` vector (the text-aligned embedding: text search,
+zero-shot) and, with ``shape_dim`` set, a ``shape`` vector (the shape embedding: shape-to-shape
+search). Both share the faiss id, the metadata and the tombstones; each has its own FAISS index.
 
 SQLite commits on every write; the FAISS file only on ``save()``/``close()``. If the process
 dies between the two, opening reconciles the FAISS index against SQLite (adds what is missing,
@@ -30,6 +35,9 @@ from . import db
 from . import faiss_index as fi
 
 SETTINGS_FILE, DB_FILE, INDEX_FILE, LOCK_FILE = "index.json", "shapes.sqlite", "index.faiss", ".lock"
+TEXT, SHAPE = "text", "shape"  # vector fields
+_COLUMN = {TEXT: "vector", SHAPE: "shape_vector"}
+_FILE = {TEXT: INDEX_FILE, SHAPE: "index.shape.faiss"}
 _SQL_CHUNK = 900  # stay under SQLite's bound-parameter limit
 
 
@@ -50,7 +58,8 @@ class Record:
 
 @dataclass(frozen=True)
 class Settings:
-    dim: int = 384
+    dim: int = 384  # the text field's size
+    shape_dim: int = 0  # the shape field's size; 0: no shape field
     model_version: str | None = None  # used when add() is given none
     exact_limit: int = 50_000  # past this many shapes, switch from exact flat to HNSW
     ef_search: int = 64
@@ -69,6 +78,8 @@ class ShapeIndex:
         saved = _read_settings(self.path)
         if saved is not None and saved.get("dim") != dim:
             raise ValueError(f"{self.path} holds dim {saved.get('dim')} vectors, not {dim}")
+        if saved is not None and saved.get("shape_dim", 0) not in (0, self.settings.shape_dim):
+            raise ValueError(f"{self.path} holds {saved['shape_dim']}-d shape vectors, not {self.settings.shape_dim}")
         self._lock = threading.RLock()
         self._lockfile = _lock_dir(self.path)
         self._db = None
@@ -78,7 +89,7 @@ class ShapeIndex:
             self._tombstones = {r[0] for r in self._db.execute("SELECT faiss_id FROM tombstones")}
             self._gpu = None
             self._dirty = False
-            self._index = self._reconcile(fi.read(self.path / INDEX_FILE, dim))
+            self._indexes = self._reconcile({f: fi.read(self.path / _FILE[f], d) for f, d in self.fields.items()})
         except BaseException:
             if self._db is not None:
                 self._db.close()
@@ -94,25 +105,49 @@ class ShapeIndex:
         known = set(Settings.__dataclass_fields__)
         return cls(path, **{**{k: v for k, v in saved.items() if k in known}, **overrides})
 
+    @classmethod
+    def for_model(cls, path, model_card: dict, model_version: str | None = None) -> "ShapeIndex":
+        """Open (or create) the index at ``path`` with the vector fields a model's card names."""
+        shape_dim = int(model_card.get("shape_embedding_dim") or 0)
+        if (Path(path) / SETTINGS_FILE).is_file():
+            return cls.open(path, model_version=model_version, **({"shape_dim": shape_dim} if shape_dim else {}))
+        return cls(path, dim=int(model_card.get("embedding_dim") or 384), shape_dim=shape_dim, model_version=model_version)
+
     @property
     def dim(self) -> int:
         return self.settings.dim
 
     @property
+    def fields(self) -> dict[str, int]:
+        """Vector field -> size: always ``text``, and ``shape`` when the index has one."""
+        return {TEXT: self.settings.dim, **({SHAPE: self.settings.shape_dim} if self.settings.shape_dim else {})}
+
+    @property
+    def _index(self):
+        return self._indexes[TEXT]
+
+    @property
     def kind(self) -> str:
-        """``"flat"`` (exact) or ``"hnsw"`` (approximate unfiltered search)."""
+        """``"flat"`` (exact) or ``"hnsw"`` (approximate unfiltered search); the same for every field."""
         return fi.kind_of(self._index)
 
     # --- writes -------------------------------------------------------------------------
 
-    def add(self, id: str, embedding, metadata: dict | None = None, model_version: str | None = None) -> None:
-        """Insert or replace (vector, metadata and model version) the shape ``id``."""
-        self.add_many([id], np.asarray(embedding)[None], [metadata], model_version)
+    def add(self, id: str, embedding, metadata: dict | None = None, model_version: str | None = None,
+            shape_embedding=None) -> None:
+        """Insert or replace (vectors, metadata and model version) the shape ``id``."""
+        self.add_many([id], np.asarray(embedding)[None], [metadata], model_version,
+                      None if shape_embedding is None else np.asarray(shape_embedding)[None])
 
-    def add_many(self, ids, embeddings, metadata=None, model_version: str | None = None) -> None:
-        """Batched ``add`` in one transaction; a repeated id in the batch keeps its last entry."""
+    def add_many(self, ids, embeddings, metadata=None, model_version: str | None = None, shape_embeddings=None) -> None:
+        """Batched ``add`` in one transaction; a repeated id in the batch keeps its last entry.
+        An index with a shape field needs ``shape_embeddings`` too; one without refuses them."""
         ids = list(ids)
         vectors = self._prepare(embeddings, len(ids))
+        if (shape_embeddings is None) != (SHAPE not in self.fields):
+            raise ValueError("this index has a shape field: give shape embeddings too" if SHAPE in self.fields
+                             else "this index has no shape field (open it with shape_dim set)")
+        shape_vectors = None if shape_embeddings is None else self._prepare(shape_embeddings, len(ids), SHAPE)
         metas = [None] * len(ids) if metadata is None else list(metadata)
         if len(metas) != len(ids):
             raise ValueError(f"{len(ids)} ids but {len(metas)} metadata entries")
@@ -130,14 +165,18 @@ class ShapeIndex:
                     row = c.execute("DELETE FROM shapes WHERE id = ? RETURNING faiss_id", (ids[i],)).fetchone()
                     if row:
                         old.append(row[0])
+                    shape_blob = None if shape_vectors is None else db.encode_vector(shape_vectors[i])
                     cur = c.execute(
-                        "INSERT INTO shapes (id, vector, metadata, model_version, added_at) VALUES (?, ?, ?, ?, ?)",
-                        (ids[i], db.encode_vector(vectors[i]), encoded[i], version, now),
+                        "INSERT INTO shapes (id, vector, shape_vector, metadata, model_version, added_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (ids[i], db.encode_vector(vectors[i]), shape_blob, encoded[i], version, now),
                     )
                     new.append(cur.lastrowid)
                 self._tombstone(c, old)
             self._drop(old)
-            fi.add(self._index, np.array(new, dtype=np.int64), vectors[keep])
+            fi.add(self._indexes[TEXT], np.array(new, dtype=np.int64), vectors[keep])
+            if shape_vectors is not None:
+                fi.add(self._indexes[SHAPE], np.array(new, dtype=np.int64), shape_vectors[keep])
             self._changed()
             if self.kind == fi.FLAT and len(self) > self.settings.exact_limit:
                 self._rebuild(fi.HNSW)
@@ -162,7 +201,8 @@ class ShapeIndex:
     def save(self) -> None:
         """Write the FAISS index atomically (temp file + os.replace). SQLite is already durable."""
         with self._lock:
-            fi.write_atomic(self._index, self.path / INDEX_FILE)
+            for f, index in self._indexes.items():
+                fi.write_atomic(index, self.path / _FILE[f])
             self._dirty = False
 
     def close(self, save: bool = True) -> None:
@@ -197,11 +237,12 @@ class ShapeIndex:
             ).fetchone()
         return None if row is None else Record(row[0], json.loads(row[1]), row[2], row[3])
 
-    def embedding(self, id: str) -> np.ndarray | None:
-        """The stored (unit-normalised) vector of ``id``, or None."""
+    def embedding(self, id: str, field: str = TEXT) -> np.ndarray | None:
+        """The stored (unit-normalised) vector of ``id`` in ``field``, or None."""
+        dim = self._field_dim(field)
         with self._lock:
-            row = self._db.execute("SELECT vector FROM shapes WHERE id = ?", (id,)).fetchone()
-        return None if row is None else db.decode_vectors([row[0]], self.dim)[0]
+            row = self._db.execute(f"SELECT {_COLUMN[field]} FROM shapes WHERE id = ?", (id,)).fetchone()
+        return None if row is None or row[0] is None else db.decode_vectors([row[0]], dim)[0]
 
     def ids(self) -> list[str]:
         with self._lock:
@@ -214,21 +255,27 @@ class ShapeIndex:
             return {version: n for version, n in rows}
 
     def export_rows(self, batch: int = 10_000):
-        """Yield (ids, vectors [n,dim], metadata dicts, model versions) in chunks, in insertion order."""
+        """Yield (ids, text vectors [n,dim], metadata dicts, model versions, shape vectors [n,shape_dim]
+        or None without a shape field) in chunks, in insertion order."""
         last = -1
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT faiss_id, id, vector, metadata, model_version FROM shapes WHERE faiss_id > ? "
+                    "SELECT faiss_id, id, vector, metadata, model_version, shape_vector FROM shapes WHERE faiss_id > ? "
                     "ORDER BY faiss_id LIMIT ?", (last, batch)).fetchall()
             if not rows:
                 return
             last = rows[-1][0]
+            shape = None
+            if SHAPE in self.fields:
+                sd = self.settings.shape_dim
+                shape = np.stack([db.decode_vectors([r[5]], sd)[0] if r[5] is not None else np.full(sd, np.nan, np.float32)
+                                  for r in rows])
             yield ([r[1] for r in rows], db.decode_vectors([r[2] for r in rows], self.dim),
-                   [json.loads(r[3]) for r in rows], [r[4] for r in rows])
+                   [json.loads(r[3]) for r in rows], [r[4] for r in rows], shape)
 
-    def search(self, query, k: int = 10, filter: dict | None = None):
-        """Nearest shapes by cosine. ``query`` [dim] gives a list of hits, [n, dim] a list per row.
+    def search(self, query, k: int = 10, filter: dict | None = None, field: str = TEXT):
+        """Nearest shapes by cosine in ``field``. ``query`` [dim] gives a list of hits, [n, dim] a list per row.
 
         ``filter`` maps top-level metadata keys to a value or a list of allowed values. Filtered
         searches are exact: SQLite selects the matching faiss ids, and FAISS scans only those
@@ -240,18 +287,19 @@ class ShapeIndex:
             raise ValueError("k must be positive")
         queries = np.asarray(query, dtype=np.float32)
         single = queries.ndim == 1
-        queries = self._prepare(queries.reshape(1, -1) if single else queries, None)
+        queries = self._prepare(queries.reshape(1, -1) if single else queries, None, field)
         with self._lock:
+            index = self._indexes[field]
             if filter:
                 where, params = db.filter_sql(filter)
                 allowed = np.array(
                     [r[0] for r in self._db.execute(f"SELECT faiss_id FROM shapes WHERE {where}", params)],
                     dtype=np.int64,
                 )
-                scores, labels = (fi.exact_search(self._index, queries, min(k, len(allowed)), allowed)
+                scores, labels = (fi.exact_search(index, queries, min(k, len(allowed)), allowed)
                                   if len(allowed) else _no_hits(len(queries)))
             elif len(self):
-                scores, labels = self._search_all(queries, min(k, len(self)))
+                scores, labels = self._search_all(field, queries, min(k, len(self)))
             else:
                 scores, labels = _no_hits(len(queries))
             rows = self._rows_by_faiss_id(np.unique(labels[labels >= 0]).tolist())
@@ -263,11 +311,17 @@ class ShapeIndex:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _prepare(self, vectors, n: int | None) -> np.ndarray:
+    def _field_dim(self, field: str) -> int:
+        if field not in self.fields:
+            raise ValueError(f"this index has no {field!r} vectors (fields: {', '.join(self.fields)})")
+        return self.fields[field]
+
+    def _prepare(self, vectors, n: int | None, field: str = TEXT) -> np.ndarray:
         """Check shape and finiteness, then L2-normalise so inner product is cosine."""
+        dim = self._field_dim(field)
         v = np.asarray(vectors, dtype=np.float32)
-        if v.ndim != 2 or v.shape[1] != self.dim or (n is not None and v.shape[0] != n):
-            raise ValueError(f"expected {n if n is not None else 'n'} x {self.dim} vectors, got shape {v.shape}")
+        if v.ndim != 2 or v.shape[1] != dim or (n is not None and v.shape[0] != n):
+            raise ValueError(f"expected {n if n is not None else 'n'} x {dim} {field} vectors, got shape {v.shape}")
         norms = np.linalg.norm(v, axis=1, keepdims=True)
         if not np.all(np.isfinite(v)) or np.any(norms == 0):
             raise ValueError("vectors must be finite and non-zero")
@@ -283,7 +337,8 @@ class ShapeIndex:
         if not faiss_ids:
             return
         if self.kind == fi.FLAT:
-            fi.remove(self._index, faiss_ids)
+            for index in self._indexes.values():
+                fi.remove(index, faiss_ids)
         else:
             self._tombstones.update(faiss_ids)
 
@@ -292,16 +347,16 @@ class ShapeIndex:
         if self._tombstones and len(self._tombstones) > self.settings.tombstone_fraction * self._index.ntotal:
             self.compact()
 
-    def _search_all(self, queries: np.ndarray, k: int):
+    def _search_all(self, field: str, queries: np.ndarray, k: int):
         if self.kind == fi.FLAT and self.settings.use_gpu:
             if self._gpu is None:
-                self._gpu = fi.to_gpu(self._index) or False
-            if self._gpu:
+                self._gpu = {f: fi.to_gpu(ix) for f, ix in self._indexes.items()}
+            if self._gpu.get(field):
                 try:
-                    return fi.search(self._gpu, queries, k)
+                    return fi.search(self._gpu[field], queries, k)
                 except Exception:  # e.g. k beyond the GPU limit: the CPU copy answers
                     pass
-        return fi.search(self._index, queries, k, self.settings.ef_search, exclude=self._tombstones)
+        return fi.search(self._indexes[field], queries, k, self.settings.ef_search, exclude=self._tombstones)
 
     def _rows_by_faiss_id(self, faiss_ids: list[int]) -> dict[int, tuple[str, str]]:
         rows = {}
@@ -314,56 +369,76 @@ class ShapeIndex:
                 rows[fid] = (id_, meta)
         return rows
 
-    def _live_vectors(self, where: str = "1", params=(), batch: int = 10_000):
-        """Yield (faiss ids, vectors) chunks of live shapes from SQLite."""
-        cur = self._db.execute(f"SELECT faiss_id, vector FROM shapes WHERE {where} ORDER BY faiss_id", params)
+    def _live_vectors(self, field: str = TEXT, where: str = "1", params=(), batch: int = 10_000):
+        """Yield (faiss ids, vectors) chunks of live shapes that have a ``field`` vector, from SQLite."""
+        col = _COLUMN[field]
+        cur = self._db.execute(f"SELECT faiss_id, {col} FROM shapes WHERE {col} IS NOT NULL AND ({where}) "
+                               "ORDER BY faiss_id", params)
         while rows := cur.fetchmany(batch):
-            yield np.array([r[0] for r in rows], dtype=np.int64), db.decode_vectors([r[1] for r in rows], self.dim)
+            yield (np.array([r[0] for r in rows], dtype=np.int64),
+                   db.decode_vectors([r[1] for r in rows], self.fields[field]))
 
     def _rebuild(self, kind: str) -> None:
         s = self.settings
-        index = fi.new_index(kind, s.dim, s.hnsw_m, s.ef_construction)
-        for ids, vectors in self._live_vectors():
-            fi.add(index, ids, vectors)
+        indexes = {}
+        for f, dim in self.fields.items():
+            indexes[f] = fi.new_index(kind, dim, s.hnsw_m, s.ef_construction)
+            for ids, vectors in self._live_vectors(f):
+                fi.add(indexes[f], ids, vectors)
         with db.transaction(self._db) as c:
             c.execute("DELETE FROM tombstones")
-        self._index, self._tombstones = index, set()
+        self._indexes, self._tombstones = indexes, set()
         self._dirty, self._gpu = True, None
 
-    def _reconcile(self, index):
-        """Make the loaded FAISS index hold exactly the live ids (+ HNSW tombstones).
+    def _reconcile(self, indexes: dict):
+        """Make each loaded FAISS index hold exactly its field's live ids (+ HNSW tombstones).
 
-        The saved file can lag SQLite (crash after a commit, before ``save``) or be missing or
+        The saved files can lag SQLite (crash after a commit, before ``save``) or be missing or
         unreadable (crash on first save). Faiss ids are never reused, so equal id sets mean
-        equal contents; otherwise the difference is patched from the stored vectors.
+        equal contents; otherwise the difference is patched from the stored vectors. Shapes
+        without a vector in a field (added before the index had it) are simply absent there.
         """
-        live = {r[0] for r in self._db.execute("SELECT faiss_id FROM shapes")}
-        have = fi.ids_of(index).tolist() if index is not None else []
-        if index is None or len(set(have)) != len(have):  # unreadable, or an id held twice
-            self._rebuild(fi.FLAT if len(live) <= self.settings.exact_limit else fi.HNSW)
+        kinds = {fi.kind_of(ix) for ix in indexes.values() if ix is not None}
+        have = {f: fi.ids_of(ix).tolist() for f, ix in indexes.items() if ix is not None}
+        if len(have) < len(indexes) or len(kinds) > 1 or any(len(set(h)) != len(h) for h in have.values()):
+            live = self._db.execute("SELECT count(*) FROM shapes").fetchone()[0]
+            self._indexes = {}
+            self._rebuild(fi.FLAT if live <= self.settings.exact_limit else fi.HNSW)  # unreadable, mixed or an id held twice
             self.save()
-            return self._index
-        self._index, have = index, set(have)
-        missing, gone = sorted(live - have), have - live
-        # Flat removes for real, so keeps no tombstones; HNSW keeps those still in the file.
-        stale = set(self._tombstones) if self.kind == fi.FLAT else self._tombstones - gone
-        forget = sorted(gone - (self._tombstones - stale))
-        if not (missing or stale or forget):
-            return index
-        with db.transaction(self._db) as c:
-            c.executemany("DELETE FROM tombstones WHERE faiss_id = ?", [(i,) for i in stale])
-            self._tombstone(c, forget)
-        self._tombstones -= stale
-        self._drop(forget)
-        for start in range(0, len(missing), _SQL_CHUNK):
-            chunk = missing[start:start + _SQL_CHUNK]
-            for ids, vectors in self._live_vectors(f"faiss_id IN ({','.join('?' * len(chunk))})", chunk):
-                fi.add(self._index, ids, vectors)
+            return self._indexes
+        self._indexes = indexes
+        flat = self.kind == fi.FLAT
+        changed, still_held = False, set()
+        for f, ix in indexes.items():
+            live = {r[0] for r in self._db.execute(f"SELECT faiss_id FROM shapes WHERE {_COLUMN[f]} IS NOT NULL")}
+            held = set(have[f])
+            missing, gone = sorted(live - held), held - live
+            forget = gone if flat else gone - self._tombstones  # HNSW: tombstone what is not yet
+            if forget and flat:
+                fi.remove(ix, sorted(forget))
+            elif forget:
+                with db.transaction(self._db) as c:
+                    c.executemany("INSERT OR IGNORE INTO tombstones VALUES (?)", [(i,) for i in sorted(forget)])
+                self._tombstones |= forget
+            if not flat:
+                still_held |= held & self._tombstones
+            for start in range(0, len(missing), _SQL_CHUNK):
+                chunk = missing[start:start + _SQL_CHUNK]
+                for ids, vectors in self._live_vectors(f, f"faiss_id IN ({','.join('?' * len(chunk))})", chunk):
+                    fi.add(ix, ids, vectors)
+            changed |= bool(missing or forget)
+        stale = self._tombstones - still_held  # flat removes for real; HNSW keeps those still in a file
+        if stale:
+            with db.transaction(self._db) as c:
+                c.executemany("DELETE FROM tombstones WHERE faiss_id = ?", [(i,) for i in sorted(stale)])
+            self._tombstones -= stale
+        if not (changed or stale):
+            return indexes
         self._changed()
         if self.kind == fi.FLAT and len(self) > self.settings.exact_limit:
             self._rebuild(fi.HNSW)
         self.save()
-        return self._index
+        return self._indexes
 
 
 def _no_hits(n: int):

@@ -1,11 +1,12 @@
-"""Search the shape index by text (the embedding lives in the text teacher's space) or by a shape."""
+"""Search the shape index by text (text embeddings, in the text teacher's space) or by a shape (shape
+embeddings, pooled from the encoder's geometry; the text field where an index has no shape field)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from recon_serve.api import schemas
-from recon_serve.api.inputs import as_int, as_json_object, read_input, run_shape, unit
+from recon_serve.api.inputs import as_int, as_json_object, read_input, run_shape, shape_vector, unit
 from recon_serve.api.state import AppState, get_state
 from recon_serve.errors import BadRequest, NotFound
 
@@ -14,10 +15,10 @@ MAX_K = 1000
 
 
 async def _search(state: AppState, vector, k: int, filter: dict | None, exclude: str | None = None,
-                  version: str | None = None) -> dict:
+                  version: str | None = None, field: str = "text") -> dict:
     with state.metrics.time_stage("search"):
         try:
-            hits = await run_in_threadpool(state.index.search, vector, k + (exclude is not None), filter)
+            hits = await run_in_threadpool(state.index.search, vector, k + (exclude is not None), filter, field)
         except (TypeError, ValueError) as e:  # bad filter values
             raise BadRequest(f"invalid search: {e}") from None
     hits = [h for h in hits if h.id != exclude][:k]
@@ -42,12 +43,19 @@ async def search_shape(request: Request, state: AppState = Depends(get_state)):
     k = as_int(inp.get("k"), "k", 10, 1, MAX_K)
     filter = as_json_object(inp.fields.get("filter"), "filter")
     shape_id = inp.get("id")
+    field = "shape" if "shape" in state.index.fields else "text"
     if inp.has_shape:
         _, out = await run_shape(state, inp)
-        return await _search(state, unit(out["embedding"]), k, filter, version=out.backend.version)
+        vector = shape_vector(state, out) if field == "shape" else unit(out["embedding"])
+        if vector is None:
+            raise BadRequest("this model gives no shape embedding for the index's shape field; redeploy a model that does")
+        return await _search(state, vector, k, filter, version=out.backend.version, field=field)
     if shape_id is None:
         raise BadRequest("send a shape (multipart 'file' or JSON 'points') or the 'id' of a stored shape")
-    vector = state.index.embedding(str(shape_id))
-    if vector is None:
+    if state.index.get(str(shape_id)) is None:
         raise NotFound(f"no shape with id {shape_id!r}")
-    return await _search(state, vector, k, filter, exclude=str(shape_id))
+    vector = state.index.embedding(str(shape_id), field)
+    if vector is None:
+        raise BadRequest(f"shape {shape_id!r} has no shape embedding yet (added by an older model): "
+                         "re-embed it (recon-serve embed --reindex) or search with an upload")
+    return await _search(state, vector, k, filter, exclude=str(shape_id), field=field)

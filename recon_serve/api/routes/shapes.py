@@ -6,7 +6,8 @@ import torch
 from fastapi import APIRouter, Depends, Request, Response
 
 from recon_serve.api import schemas
-from recon_serve.api.inputs import as_int, as_json_object, read_input, run_shape, unit
+from recon_serve.api.inputs import as_int, as_json_object, read_input, run_shape, shape_vector, unit
+from recon_serve.calibration import DEFAULT_TEMPERATURE
 from recon_serve.api.state import MAX_LABELS, AppState, get_state, require_api_key
 from recon_serve.errors import BadRequest, NotFound, UnknownLabelSet
 
@@ -82,7 +83,8 @@ def _labels(value) -> list[str]:
     {"labels": {"type": "array", "items": {"type": "string"}, "example": ["chair", "table", "lamp"]}},
     json_required=("points", "labels")))
 async def zero_shot(request: Request, state: AppState = Depends(get_state)):
-    """Scores for free-text labels: cosine of the shape embedding with prompt-ensemble label embeddings."""
+    """Scores for free-text labels: cosine of the text embedding with prompt-ensemble label embeddings;
+    probabilities are a softmax over cosine / T, T fitted on validation data (the model card's)."""
     from starlette.concurrency import run_in_threadpool
 
     inp = await read_input(request, state)
@@ -91,7 +93,8 @@ async def zero_shot(request: Request, state: AppState = Depends(get_state)):
     with state.metrics.time_stage("text"):
         weights = await run_in_threadpool(state.text.label_weights, tuple(labels))
     sims = weights @ unit(out["embedding"])
-    probs = _softmax(100.0 * sims.astype(np.float64))
+    temperature = out.backend.model_card.get("zero_shot_temperature") or DEFAULT_TEMPERATURE
+    probs = _softmax(sims.astype(np.float64) / temperature)
     order = np.argsort(-sims)
     return {"scores": [{"label": labels[i], "similarity": float(sims[i]), "probability": float(probs[i])} for i in order],
             "model_version": out.backend.version}
@@ -99,11 +102,13 @@ async def zero_shot(request: Request, state: AppState = Depends(get_state)):
 
 @router.post("/embed", response_model=schemas.EmbedResponse, openapi_extra=schemas.shape_body())
 async def embed(request: Request, state: AppState = Depends(get_state)):
-    """The shape's global embedding (unit length, in the text teacher's space)."""
+    """Both embeddings of the shape: `embedding` (text-aligned) and `shape_embedding` (geometry), unit length."""
     inp = await read_input(request, state)
     _, out = await run_shape(state, inp)
     e = unit(out["embedding"])
-    return {"embedding": e.tolist(), "dim": int(e.shape[0]), "model_version": out.backend.version}
+    s = unit(out["shape_embedding"]) if "shape_embedding" in out else None
+    return {"embedding": e.tolist(), "dim": int(e.shape[0]), "shape_embedding": None if s is None else s.tolist(),
+            "shape_dim": None if s is None else int(s.shape[0]), "model_version": out.backend.version}
 
 
 def _record(rec) -> dict:
@@ -124,7 +129,8 @@ async def add_shape(request: Request, state: AppState = Depends(get_state)):
     metadata = as_json_object(inp.get("metadata"), "metadata") or {}
     _, out = await run_shape(state, inp)
     try:
-        await run_in_threadpool(state.index.add, shape_id, unit(out["embedding"]), metadata, out.backend.version)
+        await run_in_threadpool(state.index.add, shape_id, unit(out["embedding"]), metadata, out.backend.version,
+                                shape_vector(state, out))
     except (TypeError, ValueError) as e:  # metadata that JSON cannot store (NaN, ...)
         raise BadRequest(f"cannot store this shape: {e}") from None
     return _record(state.index.get(shape_id))
