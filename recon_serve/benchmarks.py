@@ -47,11 +47,11 @@ def evaluate_benchmark(model, ckpt: dict, benchmark: str, root=None, votes: int 
     words = [canonical(c) for c in classes]
     K = len(classes)
     r = {"benchmark": benchmark, "split": split, "n": int(len(labels)), "votes": votes}
-    out = encode(model, points)
-    cols = head_columns(ckpt.get("class_names") or [], classes) if "probs" in out else None
-    if "probs" in out and cols is None:
+    cols = head_columns(ckpt.get("class_names") or [], classes) if model.cls_head is not None else None
+    if model.cls_head is not None and cols is None:
         missing = sorted(set(words) - {canonical(n) for n in ckpt.get("class_names") or []})
         raise ValueError(f"the model's classes lack {missing[:8]} of {benchmark}; it cannot be scored on it")
+    out = encode(model, points)
     if cols is not None:
         n_head = out["probs"].shape[1]
         r["restriction"] = f"logits restricted to the {K} benchmark classes among the head's {n_head}"

@@ -20,11 +20,40 @@ def test_eval_contract_on_an_untrained_checkpoint(tmp_path, shared_data):
     torch.manual_seed(0)
     model, _ = create_model("micro", num_classes=10)
     save_checkpoint(tmp_path / "m.pt", model.eval(), class_names=MODELNET10, teacher="all-MiniLM-L6-v2")
-    out = _cli("eval", "--checkpoint", str(tmp_path / "m.pt"), "--data", str(shared_data), "--json", str(tmp_path / "r.json"))
+    out = _cli("eval", "--benchmark", "modelnet10", "--votes", "1", "--checkpoint", str(tmp_path / "m.pt"),
+               "--data", str(shared_data), "--json", str(tmp_path / "r.json"))
     assert out.returncode == 0, out.stderr
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["n"] == 908 and {"oa", "macc", "zero_shot_oa"} <= set(r)
     assert 0 <= r["oa"] <= 100 and "overall accuracy" in out.stdout
+
+
+MODELNET40 = ["airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone", "cup",
+              "curtain", "desk", "door", "dresser", "flower_pot", "glass_box", "guitar", "keyboard", "lamp", "laptop",
+              "mantel", "monitor", "night_stand", "person", "piano", "plant", "radio", "range_hood", "sink", "sofa",
+              "stairs", "stool", "table", "tent", "toilet", "tv_stand", "vase", "wardrobe", "xbox"]
+
+
+@pytest.mark.data
+def test_eval_modelnet40_contract_restricts_a_larger_head(tmp_path, shared_data):
+    """A head of 42 merged-vocabulary classes (spelled as words, two extra) is scored on ModelNet40's 40."""
+    from recon_serve.data.vocabulary import canonical
+
+    torch.manual_seed(0)
+    names = ["dragon"] + [canonical(c) for c in reversed(MODELNET40)] + ["bee"]
+    model, _ = create_model("micro", num_classes=len(names))
+    save_checkpoint(tmp_path / "m.pt", model.eval(), class_names=names)
+    out = _cli("eval", "--votes", "2", "--checkpoint", str(tmp_path / "m.pt"), "--data", str(shared_data),
+               "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["benchmark"] == "modelnet40" and r["n"] == 2468 and r["votes"] == 2
+    assert {"oa", "macc", "oa_vote", "zero_shot_oa", "oa_unrestricted"} <= set(r)
+    assert "restricted to the 40 benchmark classes among the head's 42" in r["restriction"]
+    assert r["oa_unrestricted"] <= r["oa"]
+    save_checkpoint(tmp_path / "mn10.pt", create_model("micro", num_classes=10)[0].eval(), class_names=MODELNET10)
+    out = _cli("eval", "--checkpoint", str(tmp_path / "mn10.pt"), "--data", str(shared_data))
+    assert out.returncode == 2 and "cannot be scored" in out.stderr
 
 
 @pytest.mark.data

@@ -5,7 +5,7 @@ import torch
 
 from recon_serve.model.factory import create_model
 from recon_serve.model.text import load_teacher
-from training.train import Recipe, part_weights, train
+from training.train import CaptionBank, Recipe, part_weights, train
 
 CLASSES = ["sphere", "cube"]
 
@@ -56,3 +56,25 @@ def test_part_weights_favour_rare_parts_and_keep_the_average_point_at_one():
     assert w[2] > w[1] > w[0] > 0 and w[3] == 0
     assert torch.isclose(w[labels].mean(), torch.tensor(1.0))
     assert torch.isclose(w[2] / w[0], torch.tensor(90.0 ** 0.5), rtol=1e-4)
+
+
+def test_contrastive_negatives_are_the_other_captions_in_the_batch(teacher):
+    """One random caption per distinct class of the batch; the softmax runs over those captions only."""
+    from recon_serve.model.text import TEMPLATES
+
+    bank = CaptionBank(["chair", ["airplane", "aeroplane"], "lamp", "teapot"], teacher)
+    T = len(TEMPLATES)
+    assert bank.counts.tolist() == [T, 2 * T, T, T]
+    y = torch.tensor([3, 1, 1, 3, 1])
+    torch.manual_seed(0)
+    caps, ids = bank.batch(y)
+    assert caps.shape[0] == 2 and ids.tolist() == [1, 0, 0, 1, 0]
+    for cls, cap in zip((1, 3), caps):
+        own = bank.features[bank.starts[cls]: bank.starts[cls] + bank.counts[cls]]
+        assert any(torch.equal(cap, row) for row in own)
+    model, _ = create_model("micro")
+    queries = torch.randn(5, 3, model.cfg.trans_dim)
+    proj = torch.nn.functional.normalize(model.text_proj(queries[:, 2]), dim=-1)
+    logits = model.logit_scale.exp() * proj @ torch.nn.functional.normalize(caps, dim=-1).T  # [5 samples, 2 captions]
+    want = torch.nn.functional.cross_entropy(logits, ids)
+    assert torch.allclose(model.contrastive_loss(queries, caps, ids)["contrast"], want)

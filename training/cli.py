@@ -131,6 +131,66 @@ def run_broad_stage(stage: str, recipe: Recipe, run: Path, init, config: str, da
     return out
 
 
+def run_calibration(run: Path, init, data, data_recipe: dict, log, seed: int = 0):
+    """The last step, on validation data only; writes <run>/final.pt.
+    - shape embedding: the pooling (SHAPE_EMBEDDINGS) with the best mean PSB measure on `val`;
+    - zero-shot temperature: fitted on one half of `val` (prompts over every class the head knows),
+      expected calibration error reported on the other half before (T=0.01) and after, and on the
+      class-disjoint shapes (prompts over their own class words)."""
+    from recon_serve.calibration import DEFAULT_TEMPERATURE, expected_calibration_error, fit_temperature, softmax
+    from recon_serve.evaluate import encode
+    from recon_serve.model.recon import SHAPE_EMBEDDINGS
+    from recon_serve.model.text import load_teacher, zero_shot_weights
+    from recon_serve.retrieval import retrieval_measures
+    from training.sources import build_splits
+
+    out = run / "final.pt"
+    if out.exists():
+        log(f"[calibrate] {out} exists, skipping")
+        return out
+    vocab, splits, _ = build_splits(data, **data_recipe)
+    model, ckpt = create_model(init)
+    names = list(ckpt["class_names"])
+    teacher = load_teacher()
+    report = {}
+    sets = {}
+    for split in ("val", "disjoint"):
+        sh = splits[split]
+        pts = np.stack([p[:model.cfg.num_points] for p in sh.points])
+        sets[split] = (encode(model, pts, shape_kinds=SHAPE_EMBEDDINGS), [vocab.classes[c] for c in sh.labels])
+    enc, val_words = sets["val"]
+    val_y = np.array([names.index(w) if w in names else -1 for w in val_words])
+    keep = val_y >= 0
+    scores = {k: retrieval_measures(enc[f"shape:{k}"][keep] @ enc[f"shape:{k}"][keep].T, val_y[keep]) for k in SHAPE_EMBEDDINGS}
+    best = max(SHAPE_EMBEDDINGS, key=lambda k: np.mean([scores[k][m] for m in ("nn", "first_tier", "second_tier", "dcg")]))
+    report["shape_embedding"] = {"chosen": best, "val": scores,
+                                 "text_embedding_val": retrieval_measures(enc["embedding"][keep] @ enc["embedding"][keep].T, val_y[keep])}
+    sims = enc["embedding"][keep] @ zero_shot_weights(teacher, names).numpy().T
+    yv = val_y[keep]
+    half = np.random.default_rng(seed).permutation(len(yv)) < len(yv) // 2
+    T = fit_temperature(sims[half], yv[half])
+    ece = lambda s, y, t: expected_calibration_error(softmax(s / t), y)  # noqa: E731
+    report["zero_shot"] = {"temperature": T, "fitted_on": int(half.sum()), "checked_on": int((~half).sum()),
+                           "val_ece_before": ece(sims[~half], yv[~half], DEFAULT_TEMPERATURE),
+                           "val_ece_after": ece(sims[~half], yv[~half], T),
+                           "val_top1": float((sims[~half].argmax(1) == yv[~half]).mean())}
+    enc_d, words_d = sets["disjoint"]
+    dnames = sorted(set(words_d))
+    yd = np.array([dnames.index(w) for w in words_d])
+    sd = enc_d["embedding"] @ zero_shot_weights(teacher, dnames).numpy().T
+    report["zero_shot"].update(disjoint_ece_before=ece(sd, yd, DEFAULT_TEMPERATURE), disjoint_ece_after=ece(sd, yd, T),
+                               disjoint_top1=float((sd.argmax(1) == yd).mean()), disjoint_chance=1 / len(dnames))
+    log("[calibrate] " + json.dumps(report))
+    model.cfg.shape_embedding = best
+    metrics = {**(ckpt.get("metrics") or {}), "validation": report}
+    extra = {k: ckpt[k] for k in ("vocabulary", "splits", "part_names", "category_parts", "seg_data") if k in ckpt}
+    from recon_serve.model.checkpoint import save_checkpoint
+
+    save_checkpoint(out, model, class_names=names, teacher=ckpt.get("teacher"), recipe=ckpt.get("recipe"),
+                    metrics=metrics, extra={**extra, "zero_shot_temperature": T})
+    return out
+
+
 def run_seg_stage(recipe: Recipe, run: Path, init, per_category: int, points: int, seed: int, log, test_per_category: int = 20):
     """Add and train a part segmentation head on procedural shapes; writes <run>/seg.pt."""
     import numpy as np
@@ -283,7 +343,8 @@ def main(argv=None):
         pre = run_broad_stage("pretrain", R["pretrain"], args.run, args.init, R["config"], args.data, log, R["data"])
         fin = run_broad_stage("finetune", R["finetune"], args.run, pre, R["config"], args.data, log, R["data"])
         seg = run_seg_stage(R["seg"], args.run, fin, log=log, **R["seg_data"])
-        slim_checkpoint(seg, DEFAULT_CHECKPOINT)
+        final = run_calibration(args.run, seg, args.data, R["data"], log)
+        slim_checkpoint(final, DEFAULT_CHECKPOINT)
         log(f"shipped {DEFAULT_CHECKPOINT} ({DEFAULT_CHECKPOINT.stat().st_size / 1e6:.1f} MB)")
         return
     if args.cmd == "finetune-seg":
