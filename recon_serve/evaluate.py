@@ -11,7 +11,7 @@ from recon_serve.model.text import load_teacher, zero_shot_weights
 
 
 @torch.no_grad()
-def encode(model, points: np.ndarray, batch_size: int = 32, votes: int = 1, seed: int = 0,
+def encode(model, points: np.ndarray, batch_size: int = 128, votes: int = 1, seed: int = 0,
            shape_kinds: tuple[str, ...] = ()) -> dict:
     """Model outputs for normalised clouds [N,P,3], fp32 (the numbers the exported model gives):
     'probs' [N,K] (softmax, if a class head), 'embedding' [N,D], 'shape_embedding' [N,E], and
@@ -42,7 +42,7 @@ def encode(model, points: np.ndarray, batch_size: int = 32, votes: int = 1, seed
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
-def predict(model, points: np.ndarray, batch_size: int = 32, votes: int = 1, seed: int = 0):
+def predict(model, points: np.ndarray, batch_size: int = 128, votes: int = 1, seed: int = 0):
     """(class probabilities [N,K] or None, text embeddings [N,D]) for normalised clouds [N,P,3]."""
     r = encode(model, points, batch_size, votes, seed)
     return r.get("probs"), r["embedding"]

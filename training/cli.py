@@ -5,6 +5,7 @@
     recon-train default --run runs/default      # the shipped model's whole recipe, resumable
     recon-train finetune-seg --init runs/tiny/finetune.pt --run runs/tiny   # part segmentation head
     recon-train generate --out data/procedural --per-category 64   # part-labelled synthetic shapes
+    recon-train splits --out runs/splits    # the recipe's val / class-disjoint / test sets as .npz
 """
 from __future__ import annotations
 
@@ -299,6 +300,9 @@ def main(argv=None):
     d.add_argument("--run", type=Path, default=Path("runs/default"))
     d.add_argument("--data")
     d.add_argument("--init", help="warm start the pretraining from this checkpoint (the model card names the one used)")
+    sp = sub.add_parser("splits", help="write the default recipe's val / class-disjoint / test splits as packed .npz sets")
+    sp.add_argument("--out", type=Path, required=True)
+    sp.add_argument("--data")
     g = sub.add_parser("generate", help="write procedural part-labelled shapes (recon_serve/data/procedural)")
     g.add_argument("--out", type=Path, required=True)
     g.add_argument("--per-category", type=int, default=16)
@@ -332,6 +336,16 @@ def main(argv=None):
         except (FileNotFoundError, ValueError) as e:
             raise SystemExit(f"error: {e}") from None
         print_report(report)
+        return
+    if args.cmd == "splits":
+        from recon_serve.data.packed import save_packed
+        from training.sources import build_splits
+
+        vocab, splits, held = build_splits(args.data, **DEFAULT_RECIPE["data"])
+        for name in ("val", "disjoint", "test"):
+            save_packed(args.out / f"{name}.npz", splits[name].packed(vocab, name=name))
+        print(f"{args.out}: val {len(splits['val'])}, disjoint {len(splits['disjoint'])} ({len(held)} classes: "
+              f"{', '.join(held)}), test {len(splits['test'])} shapes")
         return
     if args.cmd == "generate":
         generate_files(args.out, args.per_category, args.points, args.seed, args.split, args.format, args.categories)
