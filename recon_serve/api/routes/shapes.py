@@ -39,7 +39,8 @@ async def classify(request: Request, state: AppState = Depends(get_state)):
 @router.post("/segment", response_model=schemas.SegmentResponse, openapi_extra=schemas.shape_body(
     {"category": {"type": "string", "description": "use this category's parts (default: the most likely)"}}))
 async def segment(request: Request, state: AppState = Depends(get_state)):
-    """One part label per sampled point, restricted to the most likely category's parts."""
+    """One part label per sampled point, restricted to one category's parts: the one asked for, else the
+    classifier's top label when it is a part category, else the category with the most part mass."""
     from recon_serve.evaluate import restrict_to_category
 
     inp = await read_input(request, state)
@@ -52,6 +53,12 @@ async def segment(request: Request, state: AppState = Depends(get_state)):
     category = inp.get("category")
     if category is not None and str(category) not in parts:
         raise UnknownLabelSet(f"unknown category {category!r}; known: {sorted(parts)}")
+    if category is None and parts and "logits" in out:  # the classifier names the category when it is a part category
+        from recon_serve.data.vocabulary import canonical
+
+        names = card.get("class_names") or []
+        top = names[int(np.argmax(out["logits"]))] if names else None
+        category = {canonical(c): c for c in parts}.get(canonical(top)) if top else None
     if parts:
         labels, category = restrict_to_category(logits, parts, category)
     else:
