@@ -126,7 +126,8 @@ def test_finetune_seg_refines_a_trained_head_with_local_descriptor_and_balance(t
     model, _ = create_model("micro", num_classes=10)
     save_checkpoint(tmp_path / "init.pt", model.eval(), class_names=MODELNET10)
     common = ["--per-category", "2", "--points", "256", "--epochs", "1", "--batch-size", "16"]
-    for init, run, extra in (("init.pt", "a", []), ("a/seg.pt", "b", ["--seg-local-k", "8", "--part-balance", "0.5"])):
+    for init, run, extra in (("init.pt", "a", ["--part-balance", "0"]),
+                             ("a/seg.pt", "b", ["--seg-local-k", "8", "--part-balance", "0.5"])):
         r = subprocess.run([sys.executable, "-m", "training.cli", "finetune-seg", "--init", str(tmp_path / init),
                             "--run", str(tmp_path / run), *common, *extra], capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-2000:]
