@@ -108,11 +108,11 @@ def check_backend(backend, fields: dict[str, int]) -> None:
     pts = rng.normal(size=(2, backend.num_points, 3)).astype(np.float32)
     pts /= np.linalg.norm(pts, axis=-1, keepdims=True)  # two unit spheres
     out = backend.infer(pts)
-    for field, output in (("text", "embedding"), ("shape", "shape_embedding")):
-        if field in fields:
+    for name, output in (("text", "embedding"), ("shape", "shape_embedding")):
+        if name in fields:
             emb = np.asarray(out.get(output))
-            if emb.shape != (2, fields[field]):
-                raise ValueError(f"{output} shape {emb.shape}, the index holds {fields[field]}-d {field} vectors")
+            if emb.shape != (2, fields[name]):
+                raise ValueError(f"{output} shape {emb.shape}, the index holds {fields[name]}-d {name} vectors")
     for k, v in out.items():
         if not np.all(np.isfinite(v)):
             raise ValueError(f"non-finite values in {k}")

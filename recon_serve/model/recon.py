@@ -127,7 +127,6 @@ class ReConEncoder(nn.Module):
             centres = centres[visible].reshape(B, -1, 3)
         tokens = self.patch_embed(patches)
         pos = self.pos_embed(centres)
-        C = tokens.shape[-1]
         x = torch.cat([self.query_tokens.expand(B, -1, -1), tokens], dim=1)
         pos = torch.cat([self.query_pos.expand(B, -1, -1), pos], dim=1)
         nq = len(QUERY_NAMES)
