@@ -19,6 +19,7 @@ from recon_serve.data.vocabulary import canonical
 from recon_serve.evaluate import accuracy_report, encode
 from recon_serve.model.text import load_teacher, zero_shot_weights
 from recon_serve.retrieval import d2_descriptor, l1_similarity, precision_at_k, retrieval_measures
+from recon_serve.runtime import cpu_has_fast_bf16
 
 MODELNET40 = "modelnet40/modelnet40_1024.npz"
 
@@ -51,15 +52,15 @@ def evaluate_benchmark(model, ckpt: dict, benchmark: str, root=None, votes: int 
     if model.cls_head is not None and cols is None:
         missing = sorted(set(words) - {canonical(n) for n in ckpt.get("class_names") or []})
         raise ValueError(f"the model's classes lack {missing[:8]} of {benchmark}; it cannot be scored on it")
-    out = encode(model, points)
+    out = encode(model, points, votes=votes)
     if cols is not None:
         n_head = out["probs"].shape[1]
         r["restriction"] = f"logits restricted to the {K} benchmark classes among the head's {n_head}"
         r["oa"], r["macc"] = accuracy_report(out["probs"][:, cols].argmax(1), labels, K)
         r["oa_unrestricted"] = float((out["probs"].argmax(1) == np.array(cols)[labels]).mean() * 100)
         if votes > 1:
-            voted = encode(model, points, votes=votes)
-            r["oa_vote"], r["macc_vote"] = accuracy_report(voted["probs"][:, cols].argmax(1), labels, K)
+            r["oa_vote"], r["macc_vote"] = accuracy_report(out["vote:probs"][:, cols].argmax(1), labels, K)
+            r["vote_precision"] = "bf16" if cpu_has_fast_bf16() else "fp32"  # the extra copies (encode)
     else:
         r["restriction"] = "no classification head: zero-shot only"
     w = zero_shot_weights(teacher or load_teacher(), words).numpy()
