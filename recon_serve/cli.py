@@ -162,8 +162,12 @@ def _serve(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     settings = Settings.from_env(checkpoint=args.checkpoint, backend=args.backend, index_dir=args.index,
                                  max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, api_keys=args.api_keys,
+                                 read_keys=args.read_keys, cors_origins=args.cors_origins,
                                  threads=args.threads, cache_dir=args.cache_dir)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    from recon_serve.api.protocol import protocol_class
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                http=protocol_class(settings.header_timeout_s))
     return 0
 
 
@@ -310,6 +314,8 @@ def main(argv=None) -> int:
     v.add_argument("--max-batch", type=int, help="most shapes per model call")
     v.add_argument("--max-wait-ms", type=float, help="longest wait to fill a batch")
     v.add_argument("--api-keys", help="comma-separated keys; write endpoints then need X-API-Key")
+    v.add_argument("--read-keys", help="comma-separated keys; reading records and search then need X-API-Key")
+    v.add_argument("--cors-origins", help="comma-separated browser origins allowed to call the API")
     v.add_argument("--threads", type=int, help="intra-op threads for the backend")
     v.add_argument("--cache-dir", help="exported ONNX cache (default ~/.cache/recon-serve/onnx)")
     v.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

@@ -70,6 +70,11 @@ class BadRequest(ShapeError):
     code, status = "bad_request", 400
 
 
+class InvalidMetadata(BadRequest, ValueError):
+    """Metadata or a filter the index cannot store or match (see recon_serve/index/metadata.py)."""
+    code, status = "invalid_metadata", 400
+
+
 class UnknownLabelSet(ShapeError):
     """The request names a label set (class or part names) the server does not have."""
     code, status = "unknown_label_set", 400
@@ -85,6 +90,16 @@ class Unauthorized(ShapeError):
     code, status = "unauthorized", 401
 
 
+class ForbiddenOrigin(ShapeError):
+    """A browser page from an origin the server does not allow (RECON_CORS_ORIGINS) sent a write."""
+    code, status = "forbidden_origin", 403
+
+
+class RequestTimeout(ShapeError):
+    """The request body did not arrive within the server's body timeout."""
+    code, status = "request_timeout", 408
+
+
 class ReloadFailed(ShapeError):
     """A model reload was refused (it did not load, or failed its check); the old model still serves."""
     code, status = "reload_failed", 409
@@ -92,8 +107,8 @@ class ReloadFailed(ShapeError):
 
 ERRORS: tuple[type[ShapeError], ...] = (
     UnsupportedFormat, EmptyShape, BrokenFile, NonFiniteCoordinates, TooManyPoints, TooManyFaces,
-    PayloadTooLarge, DecodeTimeout, InvalidPoints, BadRequest, UnknownLabelSet, NotFound, Unauthorized,
-    ReloadFailed,
+    PayloadTooLarge, DecodeTimeout, InvalidPoints, BadRequest, InvalidMetadata, UnknownLabelSet, NotFound, Unauthorized,
+    ForbiddenOrigin, RequestTimeout, ReloadFailed,
 )
 BY_CODE: dict[str, type[ShapeError]] = {cls.code: cls for cls in ERRORS}
 assert len(BY_CODE) == len(ERRORS), "error codes must be unique"

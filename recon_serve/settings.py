@@ -8,10 +8,16 @@ environment once, and `replace(**overrides)` applies command-line flags on top.
     RECON_TRITON_MODEL      model name on a Triton backend: recon_python (default) or recon_onnx (NGC images)
     RECON_INDEX_DIR         shape index directory (default: index)
     RECON_CACHE_DIR         where exported ONNX graphs are cached (default: ~/.cache/recon-serve/onnx)
-    RECON_MAX_UPLOAD_BYTES, RECON_MAX_POINTS, RECON_MAX_FACES, RECON_DECODE_TIMEOUT_S, RECON_DECODE_WORKERS
+    RECON_MAX_UPLOAD_BYTES, RECON_MAX_POINTS, RECON_MAX_FACES, RECON_DECODE_TIMEOUT_S, RECON_DECODE_WORKERS,
+                            RECON_DECODE_CPU_S, RECON_DECODE_MAX_JOBS, RECON_DECODE_MAX_RSS_MB (the decode pool)
     RECON_MAX_SAMPLE_POINTS largest n_points a request may ask for
     RECON_MAX_BATCH, RECON_MAX_WAIT_MS   request batching
     RECON_API_KEYS          comma-separated; when set, write endpoints need the X-API-Key header
+    RECON_READ_KEYS         comma-separated; when set, reading the library (GET /v1/shapes/..., search)
+                            needs X-API-Key too, one of these or of the write keys
+    RECON_CORS_ORIGINS      comma-separated browser origins allowed to call the API (default: none;
+                            POSTs and DELETEs carrying another Origin header get 403)
+    RECON_HEADER_TIMEOUT_S, RECON_BODY_TIMEOUT_S   a request's head / body must arrive within these
     RECON_THREADS           intra-op threads for torch / ONNX Runtime (default: library default)
 """
 from __future__ import annotations
@@ -39,11 +45,18 @@ class Settings:
     max_points: int = 2_000_000
     max_faces: int = 4_000_000
     decode_timeout_s: float = 30.0
-    decode_workers: int = 1
+    decode_workers: int = 2  # one slow or hostile upload then leaves a worker for everyone else
+    decode_cpu_s: float = 10.0
+    decode_max_jobs: int = 200  # a worker is replaced after this many uploads...
+    decode_max_rss_mb: int = 1024  # ...or once its resident memory passes this
     max_sample_points: int = 16_384
     max_batch: int = 16
     max_wait_ms: float = 5.0
     api_keys: tuple[str, ...] = ()
+    read_keys: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
     threads: int | None = None
 
     @classmethod
@@ -56,8 +69,9 @@ class Settings:
             if raw is not None and raw != "":
                 values[f.name] = _parse(f.name, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if isinstance(values.get("api_keys"), str):
-            values["api_keys"] = _parse("api_keys", values["api_keys"])
+        for name in _LISTS:
+            if isinstance(values.get(name), str):
+                values[name] = _parse(name, values[name])
         return cls(**values)
 
     def replace(self, **overrides) -> "Settings":
@@ -66,11 +80,12 @@ class Settings:
     @property
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(max_bytes=self.max_upload_bytes, max_points=self.max_points,
-                            max_faces=self.max_faces, timeout_s=self.decode_timeout_s)
+                            max_faces=self.max_faces, timeout_s=self.decode_timeout_s, cpu_s=self.decode_cpu_s)
 
 
-_INTS = {"max_upload_bytes", "max_points", "max_faces", "decode_workers", "max_sample_points", "max_batch", "threads"}
-_FLOATS = {"decode_timeout_s", "max_wait_ms"}
+_INTS = {"max_upload_bytes", "max_points", "max_faces", "decode_workers", "decode_max_jobs", "decode_max_rss_mb", "max_sample_points", "max_batch", "threads"}
+_FLOATS = {"decode_timeout_s", "decode_cpu_s", "max_wait_ms", "header_timeout_s", "body_timeout_s"}
+_LISTS = {"api_keys", "read_keys", "cors_origins"}
 
 
 def _parse(name: str, raw: str):
@@ -81,6 +96,6 @@ def _parse(name: str, raw: str):
             return float(raw)
     except ValueError:
         raise ValueError(f"RECON_{name.upper()}={raw!r} is not a number") from None
-    if name == "api_keys":
+    if name in _LISTS:
         return tuple(k.strip() for k in raw.split(",") if k.strip())
     return raw

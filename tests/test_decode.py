@@ -53,9 +53,12 @@ def test_error_table():
         "DecodeTimeout": ("decode_timeout", 422),
         "InvalidPoints": ("invalid_points", 422),
         "BadRequest": ("bad_request", 400),
+        "InvalidMetadata": ("invalid_metadata", 400),
         "UnknownLabelSet": ("unknown_label_set", 400),
         "NotFound": ("not_found", 404),
         "Unauthorized": ("unauthorized", 401),
+        "ForbiddenOrigin": ("forbidden_origin", 403),
+        "RequestTimeout": ("request_timeout", 408),
         "ReloadFailed": ("reload_failed", 409),
     }
     err = UnknownLabelSet("no label set 'foo'")

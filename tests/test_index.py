@@ -84,7 +84,7 @@ def test_filter_is_exact(tmp_path):
     assert ix.search(query, k=5, filter={"cat": "sofa"}) == []
     assert ix.search(query, k=5, filter={"cat": []}) == []
     assert ix.search(query, k=5, filter={"missing": None}) == []
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError):
         ix.search(query, filter={"cat": {"nested": 1}})
     ix.close()
 

@@ -6,6 +6,7 @@ request validation to 422 `invalid_request`, unknown routes to 404, and anything
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
@@ -21,12 +22,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recon_serve.api.routes import admin, health, search, shapes
 from recon_serve.api.state import AppState
-from recon_serve.errors import PayloadTooLarge, ShapeError
+from recon_serve.errors import ForbiddenOrigin, PayloadTooLarge, RequestTimeout, ShapeError
 from recon_serve.settings import Settings
 
 log = logging.getLogger("recon_serve.api")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-_BODY_SLACK = 1 << 20  # multipart headers and form fields on top of the file itself
+_BODY_SLACK = 1 << 20
+REFUSED = "recon.body_refused"  # scope key: BodyGuard has answered this request itself  # multipart headers and form fields on top of the file itself
 STATIC_DIR = Path(__file__).resolve().parent / "static"  # the web viewer, built from web/ (npm run build)
 
 
@@ -38,30 +40,95 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class BodyLimit:
-    """Refuse bodies over the limit before reading them (Content-Length) or while reading (chunked)."""
+class BodyGuard:
+    """Pure ASGI, outermost: bounds every request's body and answers before the app runs where it can.
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    - size: refused before reading when Content-Length says so, or while reading (chunked bodies);
+    - time: the whole body must arrive within `timeout_s` (a trickling client gets 408);
+    - origin: a POST/PUT/PATCH/DELETE carrying an Origin header that is neither this server nor one of
+      `allowed_origins` gets 403, so a page elsewhere cannot use a keyless server from a browser.
+    Errors raised while the app reads the body come back as the JSON error shape, never a 500."""
+
+    WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+
+    def __init__(self, app, limit: int, timeout_s: float, allowed_origins=()):
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
+        self.allowed_origins = {o.rstrip("/") for o in allowed_origins}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            err = PayloadTooLarge(f"the request body is {int(length):,} bytes; the limit is {self.limit:,}")
+        headers = dict(scope["headers"])
+        try:
+            self._check_origin(scope, headers)
+            length = headers.get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.limit:
+                raise PayloadTooLarge(f"the request body is {int(length):,} bytes; the limit is {self.limit:,}")
+        except ShapeError as err:
             return await JSONResponse(err.to_dict(), status_code=err.status)(scope, receive, send)
-        seen = 0
+        seen, done = 0, False
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        started = answered = False
 
-        async def counted():
-            nonlocal seen
-            message = await receive()
+        async def refuse(err: ShapeError) -> dict:
+            # answer here and tell the app the client left: an exception raised into the app would
+            # cross BaseHTTPMiddleware's task groups and come out as a 500
+            nonlocal answered
+            scope[REFUSED] = err
+            if not started:
+                await JSONResponse(err.to_dict(), status_code=err.status)(scope, receive, tracked_send)
+                answered = True
+            return {"type": "http.disconnect"}
+
+        async def guarded():
+            nonlocal seen, done
+            if REFUSED in scope:
+                return {"type": "http.disconnect"}
+            if done:  # body complete: later receives wait for the disconnect, untimed
+                return await receive()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.001))
+            except asyncio.TimeoutError:
+                return await refuse(RequestTimeout(f"the request body did not arrive within {self.timeout_s:g} s"))
             seen += len(message.get("body", b""))
+            done = message["type"] != "http.request" or not message.get("more_body", False)
             if seen > self.limit:
-                raise PayloadTooLarge(f"the request body is over the limit of {self.limit:,} bytes")
+                return await refuse(PayloadTooLarge(f"the request body is over the limit of {self.limit:,} bytes"))
             return message
 
-        return await self.app(scope, counted, send)
+        async def tracked_send(message):
+            nonlocal started
+            if answered:
+                return  # the app's own answer after the guard's: dropped
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, guarded, tracked_send)
+
+    def _check_origin(self, scope, headers) -> None:
+        origin = headers.get(b"origin")
+        if origin is None or scope["method"] not in self.WRITES:
+            return
+        origin = origin.decode("latin-1").rstrip("/")
+        own = {f"{scheme}://{headers.get(b'host', b'').decode('latin-1')}" for scheme in ("http", "https")}
+        if origin not in own and origin not in self.allowed_origins:
+            raise ForbiddenOrigin(f"requests from the web origin {origin!r} are not allowed here; "
+                                  "the server's operator can allow it with RECON_CORS_ORIGINS")
+
+
+def _install_security_headers(app: FastAPI) -> None:
+    """nosniff on every response; the viewer's page gets a CSP that allows only its own files."""
+    csp = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+           "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        if request.url.path == "/" or request.url.path.startswith("/static/"):
+            response.headers["Content-Security-Policy"] = csp
+        return response
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -92,11 +159,13 @@ def _install_request_context(app: FastAPI) -> None:
         t0 = time.perf_counter()
         try:
             response = await call_next(request)
-        except ShapeError as exc:  # raised while streaming the body (BodyLimit)
-            response = JSONResponse(exc.to_dict(), status_code=exc.status)
         except Exception:
-            log.exception("internal error on %s %s", request.method, request.url.path)
-            response = _error(500, "internal_error", f"internal error; request id {rid}")
+            refused = request.scope.get(REFUSED)
+            if refused is not None:  # BodyGuard answered already (this copy is dropped); the app gave up
+                response = JSONResponse(refused.to_dict(), status_code=refused.status)
+            else:
+                log.exception("internal error on %s %s", request.method, request.url.path)
+                response = _error(500, "internal_error", f"internal error; request id {rid}")
         route = getattr(request.scope.get("route"), "path", "unmatched")
         seconds = time.perf_counter() - t0
         metrics = request.app.state.recon.metrics
@@ -144,6 +213,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     _install_static(app)
     _install_error_handlers(app)
+    _install_security_headers(app)
     _install_request_context(app)
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + _BODY_SLACK)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+                           allow_headers=["content-type", "x-api-key", "x-request-id"], expose_headers=["x-request-id"])
+    app.add_middleware(BodyGuard, limit=settings.max_upload_bytes + _BODY_SLACK, timeout_s=settings.body_timeout_s,
+                       allowed_origins=settings.cors_origins)
     return app

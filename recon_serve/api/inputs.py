@@ -3,11 +3,11 @@ straight line decode -> sample/normalise (`prepare`) -> batched inference.
 
 Options (`n_points`, `up_axis`, `normalise`, and per-endpoint ones like `k`, `labels`, `filter`)
 come from the form fields or JSON keys, else the query string, so every endpoint takes them the
-same way. Anything a user can get wrong raises a ShapeError (4xx), never a 500.
+same way, typed by recon_serve/api/validation.py. Anything a user can get wrong raises a
+ShapeError (4xx), never a 500.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,11 +16,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from recon_serve.api.state import AppState
-from recon_serve.errors import BadRequest, InvalidPoints, PayloadTooLarge, UnsupportedFormat
+from recon_serve.api.validation import as_bool, as_choice, as_int, check_text, parse_json
+from recon_serve.errors import BadRequest, InvalidPoints, NonFiniteCoordinates, PayloadTooLarge, UnsupportedFormat
 from recon_serve.geometry.decode import decode_points_json
 from recon_serve.geometry.preprocess import Prepared, prepare
 
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+LIST_FIELDS = ("labels",)  # form fields that may repeat; any other repeated field: the last one counts
 
 
 @dataclass
@@ -28,29 +29,25 @@ class ShapeInput:
     filename: str | None = None
     data: bytes | None = None
     points: object = None
-    fields: dict = field(default_factory=dict)  # form fields / JSON keys, lists for repeated form fields
+    fields: dict = field(default_factory=dict)  # form fields / JSON keys (as sent: typed by validation.py)
 
     @property
     def has_shape(self) -> bool:
         return self.data is not None or self.points is not None
 
     def get(self, name: str, default=None):
-        value = self.fields.get(name, default)
-        return value[-1] if isinstance(value, list) and name not in ("labels", "points", "filter") else value
+        return self.fields.get(name, default)
 
 
 async def read_input(request: Request, state: AppState) -> ShapeInput:
     """Parse the body by content type; query parameters fill in options the body does not set."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    query = dict(request.query_params)
+    query = {check_text(k, "the query string"): check_text(v, "the query string") for k, v in request.query_params.items()}
     if ctype == "multipart/form-data":
         return await _read_multipart(request, state, query)
     if ctype == "application/json" or (ctype == "" and not await request.body()):
         body = await request.body()
-        try:
-            payload = json.loads(body) if body else {}
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BadRequest(f"the body is not valid JSON: {e}") from None
+        payload = parse_json(body) if body else {}
         if not isinstance(payload, dict):
             raise BadRequest("the JSON body must be an object, e.g. {\"points\": [[x, y, z], ...]}")
         return ShapeInput(points=payload.get("points"), fields={**query, **payload})
@@ -68,8 +65,8 @@ async def _read_multipart(request: Request, state: AppState, query: dict) -> Sha
         if key == "file":
             upload = values[0]
             continue
-        texts = [v for v in values if isinstance(v, str)]
-        fields[key] = texts if len(texts) > 1 or key == "labels" else (texts[0] if texts else None)
+        texts = [check_text(v, f"form field {key!r}") for v in values if isinstance(v, str)]
+        fields[check_text(key, "a form field name")] = texts if key in LIST_FIELDS else (texts[-1] if texts else None)
     if upload is None:
         return ShapeInput(fields=fields)
     if not isinstance(upload, UploadFile):
@@ -81,45 +78,6 @@ async def _read_multipart(request: Request, state: AppState, query: dict) -> Sha
     return ShapeInput(filename=upload.filename or "", data=data, fields=fields)
 
 
-# ------------------------------------------------------------------ option parsing
-
-def as_int(value, name: str, default: int, lo: int, hi: int) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"{name} must be an integer, not {value!r}") from None
-    if isinstance(value, bool) or not lo <= n <= hi:
-        raise BadRequest(f"{name} must lie in [{lo}, {hi}], not {value!r}")
-    return n
-
-
-def as_bool(value, name: str, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE | _FALSE:
-        return text in _TRUE
-    raise BadRequest(f"{name} must be true or false, not {value!r}")
-
-
-def as_json_object(value, name: str) -> dict | None:
-    """A dict from JSON, or from a JSON string (form fields)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as e:
-            raise BadRequest(f"{name} must be a JSON object: {e}") from None
-    if not isinstance(value, dict):
-        raise BadRequest(f"{name} must be a JSON object")
-    return value
-
-
 # ------------------------------------------------------------------ the pipeline
 
 async def prepare_input(state: AppState, inp: ShapeInput) -> Prepared:
@@ -128,7 +86,7 @@ async def prepare_input(state: AppState, inp: ShapeInput) -> Prepared:
         raise BadRequest("send a shape: a multipart 'file' field, or JSON 'points'")
     backend, m = state.backend, state.metrics
     n = as_int(inp.get("n_points"), "n_points", backend.num_points, backend.min_points, state.settings.max_sample_points)
-    up_axis = str(inp.get("up_axis") or "z").lower()
+    up_axis = as_choice(inp.get("up_axis"), "up_axis", "z", ("y", "z"))
     normalise = as_bool(inp.get("normalise"), "normalise", True)
     with m.time_stage("decode"):
         if inp.data is not None:
@@ -140,8 +98,15 @@ async def prepare_input(state: AppState, inp: ShapeInput) -> Prepared:
 
 
 async def infer(state: AppState, prepared: Prepared) -> dict[str, np.ndarray]:
+    """The model's outputs for one prepared shape; non-finite outputs (coordinates near the float32
+    limit with normalise=false, say) are the user's 422, never a 200 with null numbers."""
     with state.metrics.time_stage("infer"):
-        return await state.batcher.infer(prepared.points)
+        out = await state.batcher.infer(prepared.points)
+    bad = [k for k, v in out.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise NonFiniteCoordinates(f"the model gave non-finite {', '.join(sorted(bad))} for this shape: its coordinates "
+                                   "are too large for the model (send normalise=true, or scale the shape)")
+    return out
 
 
 async def run_shape(state: AppState, inp: ShapeInput) -> tuple[Prepared, dict[str, np.ndarray]]:

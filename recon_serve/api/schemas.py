@@ -1,7 +1,7 @@
 """Response and request models (OpenAPI documents them, with examples)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _POINTS_EXAMPLE = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
 
@@ -74,6 +74,15 @@ class TextSearchRequest(BaseModel):
     k: int = Field(10, ge=1, le=1000)
     filter: dict | None = Field(None, description="metadata key -> value or list of allowed values")
 
+    @field_validator("text")
+    @classmethod
+    def _unicode(cls, v: str) -> str:
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text holds a lone surrogate (not valid Unicode)") from None
+        return v
+
 
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
@@ -111,4 +120,4 @@ def shape_body(extra: dict | None = None, json_required=("points",)) -> dict:
     }}}
 
 
-ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422)}
+ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 408, 413, 415, 422)}

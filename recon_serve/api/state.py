@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hmac
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -14,16 +15,20 @@ from recon_serve.api.metrics import Metrics
 from recon_serve.errors import ReloadFailed, Unauthorized
 from recon_serve.settings import Settings
 
-MAX_LABELS = 256
-
-
 class TextEncoder:
-    """The text teacher, loaded on first use (a few seconds), with cached label and query vectors."""
+    """The text teacher, loaded on first use (a few seconds), with label and query vectors cached.
 
-    def __init__(self):
+    Labels are cached one by one (a request sharing labels with an earlier one pays only for the new
+    ones) and encoded a few at a time, taking the teacher's lock per chunk, so one request with
+    hundreds of labels delays another text request by one chunk, not by its whole list."""
+
+    CHUNK = 4  # labels per lock hold: 4 x 8 prompts
+
+    def __init__(self, cache_size: int = 4096):
         self._lock = threading.Lock()
         self._teacher = None
-        self.label_weights = lru_cache(maxsize=64)(self._label_weights)
+        self._labels: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
         self.text_vector = lru_cache(maxsize=1024)(self._text_vector)
 
     def _get(self):
@@ -34,12 +39,31 @@ class TextEncoder:
                 self._teacher = load_teacher()
             return self._teacher
 
-    def _label_weights(self, labels: tuple[str, ...]) -> np.ndarray:
+    def label_weights(self, labels: tuple[str, ...]) -> np.ndarray:
+        """[len(labels), D] prompt-ensemble label vectors (recon_serve.model.text.zero_shot_weights)."""
         from recon_serve.model.text import zero_shot_weights
 
-        teacher = self._get()
+        missing = list(dict.fromkeys(l for l in labels if l not in self._labels))
+        if missing:
+            teacher = self._get()
+            for i in range(0, len(missing), self.CHUNK):
+                chunk = missing[i : i + self.CHUNK]
+                with self._lock:
+                    vectors = zero_shot_weights(teacher, chunk).numpy()
+                    for label, v in zip(chunk, vectors):
+                        self._labels[label] = v
         with self._lock:
-            return zero_shot_weights(teacher, list(labels)).numpy()
+            out = []
+            for label in labels:
+                v = self._labels.get(label)
+                if v is None:  # evicted by a concurrent request meanwhile: encode it alone
+                    v = zero_shot_weights(self._teacher, [label]).numpy()[0]
+                    self._labels[label] = v
+                self._labels.move_to_end(label)
+                out.append(v)
+            while len(self._labels) > self._cache_size:
+                self._labels.popitem(last=False)
+        return np.stack(out)
 
     def _text_vector(self, text: str) -> np.ndarray:
         teacher = self._get()
@@ -67,7 +91,8 @@ class AppState:
         self.backend = load_backend(s)
         self.batcher = Batcher(self.backend, s.max_batch, s.max_wait_ms, on_batch=self.metrics.on_batch)
         self.index = ShapeIndex.for_model(Path(s.index_dir), self.backend.model_card, self.backend.version)
-        self.decoder = Decoder(s.decode_limits, workers=s.decode_workers)
+        self.decoder = Decoder(s.decode_limits, workers=s.decode_workers, max_jobs=s.decode_max_jobs,
+                               max_rss_bytes=s.decode_max_rss_mb << 20)
         self.metrics.index_size.set_function(lambda: len(self.index) if self.index is not None else 0)
 
     def reload(self) -> dict:
@@ -122,11 +147,22 @@ def get_state(request: Request) -> AppState:
     return request.app.state.recon
 
 
+def _check_key(request: Request, keys) -> None:
+    given = request.headers.get("x-api-key", "")
+    if not any(hmac.compare_digest(given.encode("utf-8", "replace"), k.encode()) for k in keys):
+        raise Unauthorized("this endpoint needs a valid X-API-Key header")
+
+
 def require_api_key(request: Request) -> None:
     """Write endpoints: when API keys are configured, X-API-Key must be one of them."""
     keys = get_state(request).settings.api_keys
-    if not keys:
-        return
-    given = request.headers.get("x-api-key", "")
-    if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
-        raise Unauthorized("this endpoint needs a valid X-API-Key header")
+    if keys:
+        _check_key(request, keys)
+
+
+def require_read_key(request: Request) -> None:
+    """Reading the library (records, search): when read keys are configured, X-API-Key must be a
+    read or a write key, so the records cannot be enumerated without one."""
+    s = get_state(request).settings
+    if s.read_keys:
+        _check_key(request, (*s.read_keys, *s.api_keys))

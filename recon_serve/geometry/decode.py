@@ -23,6 +23,7 @@ import importlib.util
 import io
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -58,6 +59,7 @@ class DecodeLimits:
     max_points: int = 2_000_000  # points of a cloud, or vertices of a mesh
     max_faces: int = 4_000_000
     timeout_s: float = 30.0
+    cpu_s: float = 10.0  # CPU seconds one upload may take in its worker (RLIMIT_CPU per job)
     max_memory_bytes: int = 3 * 1024 * MiB
 
 
@@ -237,9 +239,29 @@ def _limit_address_space(max_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (max_bytes, hard))
 
 
+def _limit_cpu(seconds: float) -> None:
+    """Let the coming job use `seconds` more CPU: past that the kernel ends the worker (SIGXCPU)."""
+    try:
+        import resource
+    except ImportError:
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = int(usage.ru_utime + usage.ru_stime + seconds) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _worker_main(fd: int, max_memory_bytes: int) -> None:
     """Worker loop on connection `fd`. Replies: ("ok", vertices, faces) | ("error", code, detail)
-    | ("memory",) | ("internal", message)."""
+    | ("memory",) | ("internal", message), each followed by the worker's resident memory in bytes."""
     from multiprocessing.connection import Connection
 
     _limit_address_space(max_memory_bytes)
@@ -257,6 +279,7 @@ def _worker_main(fd: int, max_memory_bytes: int) -> None:
             return
         if job is None:
             return
+        _limit_cpu(job[2].cpu_s)
         try:
             d = parse(*job)
             reply = ("ok", d.vertices, d.faces)
@@ -267,7 +290,7 @@ def _worker_main(fd: int, max_memory_bytes: int) -> None:
         except Exception as e:
             reply = ("internal", _short(f"{type(e).__name__}: {e}"))
         del job
-        conn.send(reply)
+        conn.send(reply + (_rss_bytes(),))
 
 
 # ------------------------------------------------------------------ worker pool
@@ -275,13 +298,22 @@ def _worker_main(fd: int, max_memory_bytes: int) -> None:
 _WORKER_CODE = "import sys; from recon_serve.geometry.decode import _worker_main; _worker_main(*map(int, sys.argv[1:]))"
 
 
+_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+
+
+def _public_env() -> dict:
+    """The environment without secrets (API keys and the like): the worker parses hostile files."""
+    return {k: v for k, v in os.environ.items() if not any(w in k.upper() for w in _SECRET_WORDS)}
+
+
 class _Worker:
     """One worker: a fresh `python -c` process talking over a socket pair."""
 
     def __init__(self, max_memory_bytes: int, start_timeout: float):
         self.max_memory_bytes = max_memory_bytes
+        self.jobs, self.rss = 0, 0
         self.conn, child = mp.Pipe()
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+        env = {**_public_env(), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # import what the caller imports
         try:
             self.proc = subprocess.Popen(
@@ -317,7 +349,19 @@ class _Worker:
             self.kill()
             raise DecodeTimeout(f"the file took longer than {timeout:g} s to decode; "
                                 f"upload a smaller or simpler file")
-        return self.conn.recv()
+        try:
+            reply = self.conn.recv()
+        except (EOFError, OSError):
+            try:
+                code = self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                code = None
+            if code == -signal.SIGXCPU:
+                raise DecodeTimeout(f"the file needed more than {job[2].cpu_s:g} s of CPU to decode; "
+                                    "upload a smaller or simpler file") from None
+            raise
+        self.jobs, self.rss = self.jobs + 1, reply[-1]
+        return reply[:-1]
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -338,12 +382,15 @@ class Decoder:
     """Decodes uploads in a lazily started pool of up to `workers` worker processes.
 
     Thread-safe; at most `workers` uploads parse at once (the others wait). A worker that times
-    out, runs out of memory or dies is killed, and the next call starts a new one (about a second:
-    python, numpy and trimesh load). `close()` stops the idle workers; later calls start new ones.
+    out (wall clock or CPU budget), runs out of memory or dies is killed, one that has served
+    `max_jobs` uploads or grown past `max_rss_bytes` is recycled, and the next call starts a new one
+    (about a second: python, numpy and trimesh load). `close()` stops the idle workers.
     """
 
-    def __init__(self, limits: DecodeLimits | None = None, workers: int = 1, start_timeout: float = 120.0):
+    def __init__(self, limits: DecodeLimits | None = None, workers: int = 1, start_timeout: float = 120.0,
+                 max_jobs: int = 200, max_rss_bytes: int = 1024 * MiB):
         self.limits = limits or DecodeLimits()
+        self.max_jobs, self.max_rss_bytes = max_jobs, max_rss_bytes
         self.start_timeout = start_timeout
         self._slots = threading.BoundedSemaphore(workers)
         self._lock = threading.Lock()
@@ -367,9 +414,12 @@ class Decoder:
             except (EOFError, OSError):
                 worker.kill()
                 raise BrokenFile("the decoder process died while reading this file") from None
-            if reply[0] in ("ok", "error"):
+            except DecodeTimeout:
+                worker.kill()
+                raise
+            if reply[0] in ("ok", "error") and worker.jobs < self.max_jobs and worker.rss < self.max_rss_bytes:
                 self._give(worker)
-            else:  # after a MemoryError or an unexpected fault, start afresh
+            else:  # recycled, or after a MemoryError or an unexpected fault: start afresh
                 worker.kill()
         if reply[0] == "ok":
             return Decoded(reply[1], reply[2], fmt)

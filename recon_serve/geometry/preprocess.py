@@ -74,6 +74,6 @@ def prepare(shape: Decoded | np.ndarray, n_points: int = 1024, up_axis: str = MO
     pts = (pts.astype(np.float64) @ rotation.T).astype(np.float32)
     if not normalise:
         return Prepared(pts, np.zeros(3), 1.0, rotation)
-    centre = pts.mean(axis=0)  # what normalise() subtracts and divides by, kept to map results back
+    centre = pts.astype(np.float64).mean(axis=0)  # what normalise() subtracts and divides by, kept to map results back
     radius = float(np.sqrt(((pts - centre) ** 2).sum(axis=1)).max())
     return Prepared(_normalise(pts), centre.astype(np.float64), radius if radius > 0 else 1.0, rotation)

@@ -9,12 +9,13 @@ makes "same id set" imply "same vectors", which is what reconciliation on open r
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from recon_serve.index.metadata import check_filter
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS shapes (
@@ -65,47 +66,29 @@ def decode_vectors(blobs, dim: int) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
 
 
-def encode_metadata(metadata) -> str:
-    if metadata is None:
-        return "{}"
-    if not isinstance(metadata, dict):
-        raise TypeError("metadata must be a dict (JSON object)")
-    return json.dumps(metadata, separators=(",", ":"), allow_nan=False)
-
-
-_SCALARS = (str, int, float, bool, type(None))
-
-
 def filter_sql(filter: dict) -> tuple[str, list]:
     """WHERE clause for equality on top-level metadata keys; a list means "any of these".
 
     Types are compared as JSON types, so True does not match 1 and None matches only an explicit
     null (a missing key matches nothing). Runs in SQLite via json_each, so no key escaping.
     """
+    check_filter(filter)
     clauses, params = [], []
     for key, wanted in filter.items():
-        if not isinstance(key, str):
-            raise TypeError(f"filter keys must be strings, got {key!r}")
         values = list(wanted) if isinstance(wanted, (list, tuple, set, frozenset)) else [wanted]
-        alternatives, key_params = [], [key]
-        for value in values:
-            if not isinstance(value, _SCALARS):
-                raise TypeError(f"filter values must be JSON scalars, got {value!r} for {key!r}")
-            if value is None:
-                alternatives.append("j.type = 'null'")
-            elif isinstance(value, bool):
-                alternatives.append(f"j.type = '{'true' if value else 'false'}'")
-            elif isinstance(value, (int, float)):
-                alternatives.append("(j.type IN ('integer', 'real') AND j.value = ?)")
-                key_params.append(value)
-            else:
-                alternatives.append("(j.type = 'text' AND j.value = ?)")
-                key_params.append(value)
-        if not alternatives:  # empty list of allowed values: nothing can match
+        if not values:  # empty list of allowed values: nothing can match
             return "0", []
-        clauses.append(
-            "EXISTS (SELECT 1 FROM json_each(shapes.metadata) AS j WHERE j.key = ? AND ("
-            + " OR ".join(alternatives) + "))"
-        )
-        params.extend(key_params)
+        # one IN (...) per JSON type keeps the expression shallow however many values are listed
+        texts = [v for v in values if isinstance(v, str)]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        bools = sorted({v for v in values if isinstance(v, bool)})
+        alternatives = (["j.type = 'null'"] if any(v is None for v in values) else []) + \
+            [f"j.type = '{'true' if b else 'false'}'" for b in bools]
+        if numbers:
+            alternatives.append(f"(j.type IN ('integer', 'real') AND j.value IN ({','.join('?' * len(numbers))}))")
+        if texts:
+            alternatives.append(f"(j.type = 'text' AND j.value IN ({','.join('?' * len(texts))}))")
+        clauses.append("EXISTS (SELECT 1 FROM json_each(shapes.metadata) AS j WHERE j.key = ? AND ("
+                       + " OR ".join(alternatives) + "))")
+        params.extend([key, *numbers, *texts])
     return (" AND ".join(clauses) or "1"), params

@@ -33,6 +33,7 @@ import numpy as np
 
 from . import db
 from . import faiss_index as fi
+from . import metadata as metadata_codec
 
 SETTINGS_FILE, DB_FILE, INDEX_FILE, LOCK_FILE = "index.json", "shapes.sqlite", "index.faiss", ".lock"
 TEXT, SHAPE = "text", "shape"  # vector fields
@@ -154,7 +155,7 @@ class ShapeIndex:
         for id_ in ids:
             if not isinstance(id_, str) or not id_:
                 raise ValueError(f"ids must be non-empty strings, got {id_!r}")
-        encoded = [db.encode_metadata(m) for m in metas]
+        encoded = [metadata_codec.encode(m) for m in metas]
         version = model_version if model_version is not None else self.settings.model_version
         keep = sorted({id_: i for i, id_ in enumerate(ids)}.values())
         now = time.time()
@@ -235,7 +236,7 @@ class ShapeIndex:
             row = self._db.execute(
                 "SELECT id, metadata, model_version, added_at FROM shapes WHERE id = ?", (id,)
             ).fetchone()
-        return None if row is None else Record(row[0], json.loads(row[1]), row[2], row[3])
+        return None if row is None else Record(row[0], metadata_codec.decode(row[1]), row[2], row[3])
 
     def embedding(self, id: str, field: str = TEXT) -> np.ndarray | None:
         """The stored (unit-normalised) vector of ``id`` in ``field``, or None."""
@@ -272,7 +273,7 @@ class ShapeIndex:
                 shape = np.stack([db.decode_vectors([r[5]], sd)[0] if r[5] is not None else np.full(sd, np.nan, np.float32)
                                   for r in rows])
             yield ([r[1] for r in rows], db.decode_vectors([r[2] for r in rows], self.dim),
-                   [json.loads(r[3]) for r in rows], [r[4] for r in rows], shape)
+                   [metadata_codec.decode(r[3]) for r in rows], [r[4] for r in rows], shape)
 
     def search(self, query, k: int = 10, filter: dict | None = None, field: str = TEXT):
         """Nearest shapes by cosine in ``field``. ``query`` [dim] gives a list of hits, [n, dim] a list per row.
@@ -304,7 +305,7 @@ class ShapeIndex:
                 scores, labels = _no_hits(len(queries))
             rows = self._rows_by_faiss_id(np.unique(labels[labels >= 0]).tolist())
         hits = [
-            [Hit(rows[l][0], float(s), json.loads(rows[l][1])) for s, l in zip(srow, lrow) if l in rows]
+            [Hit(rows[l][0], float(s), metadata_codec.decode(rows[l][1])) for s, l in zip(srow, lrow) if l in rows]
             for srow, lrow in zip(scores, labels.tolist())
         ]
         return hits[0] if single else hits

@@ -1,6 +1,8 @@
 """Liveness, readiness (with stale-embedding counts), Prometheus metrics and the model card."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -40,5 +42,10 @@ def metrics(state: AppState = Depends(get_state)):
 
 @router.get("/v1/models")
 def models(state: AppState = Depends(get_state)) -> dict:
-    """The loaded model's card: labels, part names, points, embedding size, version, backend."""
-    return {**state.backend.model_card, "model_version": state.backend.version, "backend": state.backend.name}
+    """The loaded model's card: labels, part names, points, embedding size, version, backend. The
+    checkpoint is named by its file name only: the server's directory layout is nobody's business."""
+    card = dict(state.backend.model_card)
+    src = card.get("source_checkpoint")
+    if isinstance(src, dict) and src.get("path"):
+        card["source_checkpoint"] = {**src, "path": Path(str(src["path"])).name}
+    return {**card, "model_version": state.backend.version, "backend": state.backend.name}

@@ -6,21 +6,19 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from recon_serve.api import schemas
-from recon_serve.api.inputs import as_int, as_json_object, read_input, run_shape, shape_vector, unit
-from recon_serve.api.state import AppState, get_state
+from recon_serve.api.inputs import read_input, run_shape, shape_vector, unit
+from recon_serve.api.state import AppState, get_state, require_read_key
+from recon_serve.api.validation import as_filter, as_int, as_text
 from recon_serve.errors import BadRequest, NotFound
 
-router = APIRouter(prefix="/v1/search", responses=schemas.ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/search", responses=schemas.ERROR_RESPONSES, dependencies=[Depends(require_read_key)])
 MAX_K = 1000
 
 
 async def _search(state: AppState, vector, k: int, filter: dict | None, exclude: str | None = None,
                   version: str | None = None, field: str = "text") -> dict:
     with state.metrics.time_stage("search"):
-        try:
-            hits = await run_in_threadpool(state.index.search, vector, k + (exclude is not None), filter, field)
-        except (TypeError, ValueError) as e:  # bad filter values
-            raise BadRequest(f"invalid search: {e}") from None
+        hits = await run_in_threadpool(state.index.search, vector, k + (exclude is not None), filter, field)
     hits = [h for h in hits if h.id != exclude][:k]
     return {"hits": [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits],
             "model_version": version or state.backend.version}
@@ -31,7 +29,7 @@ async def search_text(body: schemas.TextSearchRequest, state: AppState = Depends
     """Shapes nearest to a text query (its teacher embedding) by cosine."""
     with state.metrics.time_stage("text"):
         vector = await run_in_threadpool(state.text.text_vector, body.text)
-    return await _search(state, vector, body.k, body.filter)
+    return await _search(state, vector, body.k, as_filter(body.filter))
 
 
 @router.post("/shape", response_model=schemas.SearchResponse, openapi_extra=schemas.shape_body(
@@ -41,8 +39,8 @@ async def search_shape(request: Request, state: AppState = Depends(get_state)):
     """Shapes nearest to an uploaded shape, or to a stored one (`id`, which is left out of the hits)."""
     inp = await read_input(request, state)
     k = as_int(inp.get("k"), "k", 10, 1, MAX_K)
-    filter = as_json_object(inp.fields.get("filter"), "filter")
-    shape_id = inp.get("id")
+    filter = as_filter(inp.get("filter"))
+    shape_id = as_text(inp.get("id"), "id", 512)
     field = "shape" if "shape" in state.index.fields else "text"
     if inp.has_shape:
         _, out = await run_shape(state, inp)
@@ -52,10 +50,10 @@ async def search_shape(request: Request, state: AppState = Depends(get_state)):
         return await _search(state, vector, k, filter, version=out.backend.version, field=field)
     if shape_id is None:
         raise BadRequest("send a shape (multipart 'file' or JSON 'points') or the 'id' of a stored shape")
-    if state.index.get(str(shape_id)) is None:
+    if state.index.get(shape_id) is None:
         raise NotFound(f"no shape with id {shape_id!r}")
-    vector = state.index.embedding(str(shape_id), field)
+    vector = state.index.embedding(shape_id, field)
     if vector is None:
         raise BadRequest(f"shape {shape_id!r} has no shape embedding yet (added by an older model): "
                          "re-embed it (recon-serve embed --reindex) or search with an upload")
-    return await _search(state, vector, k, filter, exclude=str(shape_id), field=field)
+    return await _search(state, vector, k, filter, exclude=shape_id, field=field)

@@ -6,9 +6,10 @@ import torch
 from fastapi import APIRouter, Depends, Request, Response
 
 from recon_serve.api import schemas
-from recon_serve.api.inputs import as_int, as_json_object, read_input, run_shape, shape_vector, unit
+from recon_serve.api.inputs import read_input, run_shape, shape_vector, unit
+from recon_serve.api.state import AppState, get_state, require_api_key, require_read_key
+from recon_serve.api.validation import as_int, as_labels, as_metadata, as_text
 from recon_serve.calibration import DEFAULT_TEMPERATURE
-from recon_serve.api.state import MAX_LABELS, AppState, get_state, require_api_key
 from recon_serve.errors import BadRequest, NotFound, UnknownLabelSet
 
 router = APIRouter(prefix="/v1", responses=schemas.ERROR_RESPONSES)
@@ -50,8 +51,8 @@ async def segment(request: Request, state: AppState = Depends(get_state)):
         raise UnknownLabelSet("this model has no part segmentation head")
     logits = torch.from_numpy(np.asarray(out["part_logits"], dtype=np.float32))
     parts = {str(c): list(p) for c, p in (card.get("category_parts") or {}).items()}
-    category = inp.get("category")
-    if category is not None and str(category) not in parts:
+    category = as_text(inp.get("category"), "category", 200)
+    if category is not None and category not in parts:
         raise UnknownLabelSet(f"unknown category {category!r}; known: {sorted(parts)}")
     if category is None and parts and "logits" in out:  # the classifier names the category when it is a part category
         from recon_serve.data.vocabulary import canonical
@@ -68,24 +69,6 @@ async def segment(request: Request, state: AppState = Depends(get_state)):
             "part_names": list(names), "category": category, "model_version": out.backend.version}
 
 
-def _labels(value) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if (not isinstance(value, list) or len(value) == 0 or
-            not all(isinstance(v, str) and v.strip() and len(v) <= 200 for v in value)):
-        raise BadRequest("labels must be a non-empty list of non-empty strings (at most 200 characters each)")
-    if len(value) == 1 and value[0].lstrip().startswith("["):  # a form field holding a JSON list
-        import json
-
-        try:
-            return _labels(json.loads(value[0]))
-        except ValueError:
-            raise BadRequest("labels: a form field starting with '[' must be a JSON list") from None
-    if len(value) > MAX_LABELS:
-        raise BadRequest(f"at most {MAX_LABELS} labels, got {len(value)}")
-    return [v.strip() for v in value]
-
-
 @router.post("/zero-shot", response_model=schemas.ZeroShotResponse, openapi_extra=schemas.shape_body(
     {"labels": {"type": "array", "items": {"type": "string"}, "example": ["chair", "table", "lamp"]}},
     json_required=("points", "labels")))
@@ -95,7 +78,7 @@ async def zero_shot(request: Request, state: AppState = Depends(get_state)):
     from starlette.concurrency import run_in_threadpool
 
     inp = await read_input(request, state)
-    labels = _labels(inp.fields.get("labels"))
+    labels = as_labels(inp.get("labels"))
     _, out = await run_shape(state, inp)
     with state.metrics.time_stage("text"):
         weights = await run_in_threadpool(state.text.label_weights, tuple(labels))
@@ -130,20 +113,15 @@ async def add_shape(request: Request, state: AppState = Depends(get_state)):
     from starlette.concurrency import run_in_threadpool
 
     inp = await read_input(request, state)
-    shape_id = inp.get("id")
-    if not isinstance(shape_id, str) or not shape_id.strip() or len(shape_id) > 512:
-        raise BadRequest("id must be a non-empty string of at most 512 characters")
-    metadata = as_json_object(inp.get("metadata"), "metadata") or {}
+    shape_id = as_text(inp.get("id"), "id", 512, required=True)
+    metadata = as_metadata(inp.get("metadata"))
     _, out = await run_shape(state, inp)
-    try:
-        await run_in_threadpool(state.index.add, shape_id, unit(out["embedding"]), metadata, out.backend.version,
-                                shape_vector(state, out))
-    except (TypeError, ValueError) as e:  # metadata that JSON cannot store (NaN, ...)
-        raise BadRequest(f"cannot store this shape: {e}") from None
+    await run_in_threadpool(state.index.add, shape_id, unit(out["embedding"]), metadata, out.backend.version,
+                            shape_vector(state, out))
     return _record(state.index.get(shape_id))
 
 
-@router.get("/shapes/{shape_id:path}", response_model=schemas.ShapeRecord)
+@router.get("/shapes/{shape_id:path}", response_model=schemas.ShapeRecord, dependencies=[Depends(require_read_key)])
 def get_shape(shape_id: str, state: AppState = Depends(get_state)):
     rec = state.index.get(shape_id)
     if rec is None:
