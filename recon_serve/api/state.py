@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hmac
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -20,9 +21,12 @@ class TextEncoder:
 
     Labels are cached one by one (a request sharing labels with an earlier one pays only for the new
     ones) and encoded a few at a time, taking the teacher's lock per chunk, so one request with
-    hundreds of labels delays another text request by one chunk, not by its whole list."""
+    hundreds of labels delays another text request by one chunk, not by its whole list. Past the
+    first chunk a request's encoding is paced (it rests as long as each chunk took), so a long list
+    takes at most about half the CPU the model needs for everyone else."""
 
     CHUNK = 4  # labels per lock hold: 4 x 8 prompts
+    PACE = 1.0  # rest per second of encoding, after a request's first chunk
 
     def __init__(self, cache_size: int = 4096):
         self._lock = threading.Lock()
@@ -48,10 +52,13 @@ class TextEncoder:
             teacher = self._get()
             for i in range(0, len(missing), self.CHUNK):
                 chunk = missing[i : i + self.CHUNK]
+                t0 = time.perf_counter()
                 with self._lock:
                     vectors = zero_shot_weights(teacher, chunk).numpy()
                     for label, v in zip(chunk, vectors):
                         self._labels[label] = v
+                if i and i + self.CHUNK < len(missing):
+                    time.sleep((time.perf_counter() - t0) * self.PACE)
         with self._lock:
             out = []
             for label in labels:
