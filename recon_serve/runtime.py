@@ -29,3 +29,20 @@ def autocast_context(device: torch.device | str = "cpu", enabled: bool | None = 
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(dev, dtype=torch.bfloat16)
+
+
+def exit_with_parent(poll_s: float = 0.5) -> None:
+    """In a worker process: exit as soon as the process that started it is gone (killed with -9,
+    say), instead of living on as an orphan. A daemon thread watches the parent pid."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

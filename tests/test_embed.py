@@ -60,6 +60,14 @@ def _run(args, env, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def _rows(manifest: Path) -> int:
     try:
         with sqlite3.connect(manifest) as c:
@@ -80,8 +88,15 @@ def test_killed_run_resumes_with_exactly_the_expected_ids(tmp_path, shared_data,
     while _rows(idx / "embed_manifest.sqlite") < 20 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read()[-2000:]
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGKILL)  # the job only: its workers must not outlive it
     proc.wait()
+    deadline = time.monotonic() + 20
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    orphans = _group_alive(proc.pid)
+    if orphans:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not orphans, "worker processes outlived the killed job"
     done_before = _rows(idx / "embed_manifest.sqlite")
     assert 20 <= done_before < len(expect) + len(BROKEN)
 

@@ -94,6 +94,9 @@ _WORKER: EmbedWorker | None = None
 
 def _init_worker(model_dir: str, options: JobOptions) -> None:
     global _WORKER
+    from recon_serve.runtime import exit_with_parent
+
+    exit_with_parent()  # a killed job leaves no workers behind
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER = EmbedWorker(model_dir, options)
 
