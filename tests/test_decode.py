@@ -365,6 +365,23 @@ def test_timeout_kills_the_worker_and_the_decoder_keeps_working():
         assert dec._idle[0].proc is not first
 
 
+def test_cpu_budget_ends_a_costly_parse_and_workers_are_recycled():
+    facet = b"facet normal 0 0 1\nouter loop\nvertex 0 0 0\nvertex 1 0 0\nvertex 0 1 0\nendloop\nendfacet\n"
+    huge = b"solid big\n" + facet * 600_000 + b"endsolid big\n"  # 60 MB, over a second of CPU to parse
+    with Decoder(max_jobs=2) as dec:
+        with pytest.raises(DecodeTimeout, match="CPU"):
+            dec.decode("huge.stl", huge, DecodeLimits(cpu_s=0, timeout_s=60))
+        dec.decode("a.obj", TRI_OBJ)
+        first = dec._idle[0].proc
+        dec.decode("b.obj", TRI_OBJ)  # its second upload: replaced afterwards
+        assert not dec._idle and first.poll() is not None
+        dec.decode("c.obj", TRI_OBJ)
+        assert dec._idle[0].proc is not first
+    with Decoder(max_rss_bytes=1) as dec:  # any worker is over this: never reused
+        dec.decode("a.obj", TRI_OBJ)
+        assert not dec._idle
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to size the limit")
 def test_address_space_limit():
     with Decoder() as dec:
