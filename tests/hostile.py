@@ -216,7 +216,7 @@ class Families:
         if kind == 0:  # truncated before the closing boundary
             body = f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\r\n".encode() + data[:100]
         elif kind == 1:  # boundary in the header differs from the body's
-            body = f"--other\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc\r\n--other--\r\n".encode()
+            body = "--other\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc\r\n--other--\r\n".encode()
         elif kind == 2:  # two files
             part = f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\r\n".encode() + data + b"\r\n"
             body = part * 2 + f"--{b}--\r\n".encode()

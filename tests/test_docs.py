@@ -57,6 +57,21 @@ def _run(cmd: str, cwd: Path, env: dict) -> str:
     return r.stdout
 
 
+def check_shipped_default_figures(work: Path) -> None:
+    """What README's commands wrote for the shipped default, against its model card and issue 11's
+    contracts (each figure is computed once, by the command a user runs)."""
+    import json
+
+    r = json.loads((work / "eval.json").read_text())  # ModelNet40 test, no voting
+    assert r["benchmark"] == "modelnet40" and r["n"] == 2468 and r["oa"] >= 87.5 and r["zero_shot_oa"] >= 86.5, r
+    s = json.loads((work / "eval_seg.json").read_text())  # held-out generated part shapes
+    assert s["n"] == 680 and s["points"] == 2048 and s["instance_miou"] >= 85.0, s
+    d = json.loads((work / "retrieval.json").read_text())  # class-disjoint: classes no stage trained on
+    assert d["nn"] >= 0.65 and d["first_tier"] >= 0.38, d
+    assert d["nn"] > d["d2"]["nn"] and d["first_tier"] > d["d2"]["first_tier"], d
+    assert d["top1"] >= 3 * d["chance"], d
+
+
 @pytest.mark.slow
 def test_readme_commands_run_as_written(tmp_path, shared_data):
     venv_bin = Path(sys.prefix) / "bin"
@@ -76,6 +91,7 @@ def test_readme_commands_run_as_written(tmp_path, shared_data):
         for cmd in commands(body):
             _run(cmd, work, env)
     assert (work / "eval.json").is_file() and (work / "model_repository" / "deployments.json").is_file()
+    check_shipped_default_figures(work)
 
     from recon_serve.settings import Settings
 

@@ -78,3 +78,38 @@ def test_contrastive_negatives_are_the_other_captions_in_the_batch(teacher):
     logits = model.logit_scale.exp() * proj @ torch.nn.functional.normalize(caps, dim=-1).T  # [5 samples, 2 captions]
     want = torch.nn.functional.cross_entropy(logits, ids)
     assert torch.allclose(model.contrastive_loss(queries, caps, ids)["contrast"], want)
+
+
+def _average_on_rank(rank: int, port: int, out) -> None:
+    import torch.distributed as dist
+
+    from training.train import _average_gradients
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    used, unused = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    used.grad = torch.full((3,), float(rank + 1))  # rank 0: 1, rank 1: 2
+    if rank == 1:
+        unused.grad = torch.full((2,), 4.0)  # only rank 1's batch used it
+    _average_gradients([used, unused], 2)
+    out.put((rank, used.grad.tolist(), unused.grad.tolist()))
+    dist.destroy_process_group()
+
+
+def test_several_processes_average_their_gradients():
+    """Multi-GPU training (torchrun) averages gradients across ranks, unused parameters included."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_average_on_rank, args=(r, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(30)
+    assert results == [(0, [1.5] * 3, [2.0] * 2), (1, [1.5] * 3, [2.0] * 2)]

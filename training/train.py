@@ -135,9 +135,7 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
             continue
         (no_decay if p.dim() <= 1 or "token" in n or "pos" in n.split(".")[-1] else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
 
     ema_pairs = list(zip(ema.state_dict().values(), model.state_dict().values()))
     start_epoch = 0
@@ -185,6 +183,8 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
                 raise FloatingPointError(f"non-finite loss at epoch {epoch} step {it}: {losses}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:  # the losses call model methods, not forward(), so gradients are averaged here
+                _average_gradients(trainable, world)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
             with torch.no_grad():
@@ -208,6 +208,16 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
             _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                           "rng": torch.get_rng_state(), "epoch": epoch + 1, "recipe": asdict(recipe)}, state_path)
     return ema
+
+
+def _average_gradients(params, world: int) -> None:
+    """All-reduce every trainable parameter's gradient (zeros where this rank's batch did not use it,
+    so every rank reduces the same tensors in the same order)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad)
+        p.grad /= world
 
 
 def part_weights(labels: torch.Tensor, num_parts: int, balance: float) -> torch.Tensor | None:

@@ -10,7 +10,7 @@ from recon_serve.api.inputs import read_input, run_shape, shape_vector, unit
 from recon_serve.api.state import AppState, get_state, require_api_key, require_read_key
 from recon_serve.api.validation import as_int, as_labels, as_metadata, as_text
 from recon_serve.calibration import DEFAULT_TEMPERATURE
-from recon_serve.errors import BadRequest, NotFound, UnknownLabelSet
+from recon_serve.errors import NotFound, UnknownLabelSet
 
 router = APIRouter(prefix="/v1", responses=schemas.ERROR_RESPONSES)
 
