@@ -2,7 +2,8 @@
 
 Every error body is {"error": code, "detail": message}: ShapeError subclasses map to their status,
 request validation to 422 `invalid_request`, unknown routes to 404, and anything unexpected to a 500
-`internal_error` whose detail names the request id also written to the log.
+`internal_error` whose detail names the request id also written to the log. Every response carries
+X-Request-ID and nosniff, the viewer a CSP; BodyGuard bounds bodies (size, time, origin) before the app.
 """
 from __future__ import annotations
 
@@ -117,18 +118,9 @@ class BodyGuard:
                                   "the server's operator can allow it with RECON_CORS_ORIGINS")
 
 
-def _install_security_headers(app: FastAPI) -> None:
-    """nosniff on every response; the viewer's page gets a CSP that allows only its own files."""
-    csp = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
-           "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
-
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        if request.url.path == "/" or request.url.path.startswith("/static/"):
-            response.headers["Content-Security-Policy"] = csp
-        return response
+# the viewer's page and bundle may load only their own files
+VIEWER_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+              "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -174,6 +166,9 @@ def _install_request_context(app: FastAPI) -> None:
         log.info("%s %s -> %d in %.1f ms", request.method, request.url.path, response.status_code, seconds * 1000)
         request_id.reset(token)
         response.headers["X-Request-ID"] = rid
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        if request.url.path == "/" or request.url.path.startswith("/static/"):
+            response.headers["Content-Security-Policy"] = VIEWER_CSP
         return response
 
 
@@ -213,7 +208,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     _install_static(app)
     _install_error_handlers(app)
-    _install_security_headers(app)
     _install_request_context(app)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
