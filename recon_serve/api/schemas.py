@@ -32,7 +32,7 @@ class SegmentResponse(BaseModel):
 class ZeroShotScore(BaseModel):
     label: str = Field(examples=["a chair"])
     similarity: float = Field(description="cosine between shape and label text embeddings", examples=[0.41])
-    probability: float = Field(description="softmax over the labels of 100 x similarity", examples=[0.88])
+    probability: float = Field(description="softmax over the labels of similarity / T, T fitted on validation data (the model card's zero_shot_temperature)", examples=[0.88])
 
 
 class ZeroShotResponse(BaseModel):
