@@ -77,7 +77,8 @@ def check_export(repo_dir: str | Path, checkpoint=None, data=None) -> dict:
     x, described = sample_clouds(cfg.num_points, data=data)
     with torch.no_grad():
         ref, eager_ms = _timed(lambda: {k: v.numpy() for k, v in model(torch.from_numpy(x)).items()})
-        ref_centres, ref_patches = (t.numpy() for t in grouping_indices(torch.from_numpy(x), cfg.num_group, cfg.group_size))
+        ref_centres, ref_patches = (t.numpy() for t in grouping_indices(
+            torch.from_numpy(x), cfg.num_group, cfg.group_size, cfg.fps_skip_origin))
     shipped = card["onnx"]["mode"]
     result = {
         "repository": str(repo_dir), "version_dir": str(version_dir), "checkpoint": str(ckpt_path),

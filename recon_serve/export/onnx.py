@@ -63,20 +63,20 @@ def export_onnx(model: nn.Module, path: str | Path, mode: str = "custom_op", ops
 
 
 class _GroupingIndices(nn.Module):
-    def __init__(self, num_group: int, group_size: int):
+    def __init__(self, num_group: int, group_size: int, skip_origin: bool):
         super().__init__()
-        self.num_group, self.group_size = num_group, group_size
+        self.num_group, self.group_size, self.skip_origin = num_group, group_size, skip_origin
 
     def forward(self, points):
-        return grouping_indices(points, self.num_group, self.group_size)
+        return grouping_indices(points, self.num_group, self.group_size, self.skip_origin)
 
 
 def export_grouping_onnx(num_group: int, group_size: int, path: str | Path, mode: str = "custom_op",
-                         opset: int = 20) -> Path:
+                         opset: int = 20, skip_origin: bool = False) -> Path:
     """FPS + kNN alone (outputs `centre_idx` [B,G], `patch_idx` [B,G,S]), exported exactly as inside the model,
     so the indices each ONNX path computes can be compared with the torch reference."""
     example = torch.rand(2, max(4 * num_group, group_size), 3, generator=torch.Generator().manual_seed(0))
-    _to_onnx(_GroupingIndices(num_group, group_size).eval(), example, path, mode, ["centre_idx", "patch_idx"], opset,
+    _to_onnx(_GroupingIndices(num_group, group_size, skip_origin).eval(), example, path, mode, ["centre_idx", "patch_idx"], opset,
              1024, max(num_group, group_size), 65536, False)
     return Path(path)
 

@@ -2,6 +2,8 @@
 
 These are the reference implementations every faster kernel (ONNX custom op, TensorRT plugin)
 is checked against. They are batched and deterministic: FPS starts at a given index (0 by default).
+`skip_origin` reproduces pointnet2_ops' CUDA FPS, which the official ReCon code uses: a point with
+|p|^2 <= 1e-3 (near the centre of a normalised cloud) is never chosen as a later centre.
 
 `group()` is what the model calls. For ONNX export, `grouping_mode(...)` swaps the FPS/kNN it uses:
 "scan" (FPS as a torch scan, so the ONNX graph holds one Scan instead of npoint unrolled steps) or
@@ -19,7 +21,27 @@ GROUPING_MODES = ("reference", "scan", "custom_op")
 _mode = "reference"
 
 
-def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: int | torch.Tensor = 0) -> torch.Tensor:
+SKIP_ORIGIN_RADIUS2 = 1e-3  # pointnet2_ops: `if (mag <= 1e-3) continue;`
+
+
+def _skipped(xyz: torch.Tensor) -> torch.Tensor:
+    """[B, N] True where pointnet2_ops' FPS ignores the point (|p|^2 <= 1e-3, summed x, y, z in order)."""
+    return xyz[..., 0] * xyz[..., 0] + xyz[..., 1] * xyz[..., 1] + xyz[..., 2] * xyz[..., 2] <= SKIP_ORIGIN_RADIUS2
+
+
+def _fps_step(xyz, dist, far, skip):
+    """One FPS update: the new centre's distances folded into `dist`; skipped points stay at -1, so
+    they are never the farthest (and a cloud of skipped points only repeats its start index, as
+    pointnet2_ops does)."""
+    centre = torch.gather(xyz, 1, far.view(-1, 1, 1).expand(-1, 1, 3))  # [B,1,3]
+    dist = torch.minimum(dist, ((xyz - centre) ** 2).sum(-1))
+    if skip is not None:
+        dist = torch.where(skip, torch.full_like(dist, -1.0), dist)
+    return dist, dist.argmax(-1)
+
+
+def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: int | torch.Tensor = 0,
+                          skip_origin: bool = False) -> torch.Tensor:
     """Indices [B, npoint] of points chosen by iterative farthest point sampling.
 
     `start` is the first index (an int for every cloud, or a [B] tensor), so results are reproducible.
@@ -30,16 +52,14 @@ def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: int | torch.Ten
     idx = torch.empty(B, npoint, dtype=torch.long, device=xyz.device)
     dist = torch.full((B, N), float("inf"), dtype=xyz.dtype, device=xyz.device)
     far = torch.as_tensor(start, dtype=torch.long, device=xyz.device).expand(B).clone()
-    batch = torch.arange(B, device=xyz.device)
+    skip = _skipped(xyz) if skip_origin else None
     for i in range(npoint):
         idx[:, i] = far
-        centre = xyz[batch, far].unsqueeze(1)  # [B,1,3]
-        dist = torch.minimum(dist, ((xyz - centre) ** 2).sum(-1))
-        far = dist.argmax(-1)
+        dist, far = _fps_step(xyz, dist, far, skip)
     return idx
 
 
-def farthest_point_sample_scan(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
+def farthest_point_sample_scan(xyz: torch.Tensor, npoint: int, skip_origin: bool = False) -> torch.Tensor:
     """FPS from index 0 as a `torch._higher_order_ops.scan`: same indices as the reference.
 
     The dynamo exporter turns the scan into one ONNX Scan node, so the graph does not grow with npoint
@@ -51,11 +71,11 @@ def farthest_point_sample_scan(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
     if npoint > N:
         raise ValueError(f"cannot sample {npoint} centres from {N} points")
 
+    skip = _skipped(xyz) if skip_origin else None
+
     def step(carry, _):
         dist, far = carry
-        centre = torch.gather(xyz, 1, far.view(-1, 1, 1).expand(-1, 1, 3))  # [B,1,3]
-        dist = torch.minimum(dist, ((xyz - centre) ** 2).sum(-1))
-        return (dist, dist.argmax(-1)), far.clone()  # a scan output may not alias the carry
+        return _fps_step(xyz, dist, far, skip), far.clone()  # a scan output may not alias the carry
 
     init = (xyz.new_full((B, N), float("inf")), torch.zeros(B, dtype=torch.long, device=xyz.device))
     _, idx = scan(step, init, xyz.new_zeros(npoint, 1))
@@ -99,27 +119,30 @@ def current_grouping_mode() -> str:
     return _mode
 
 
-def grouping_indices(xyz: torch.Tensor, num_group: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def grouping_indices(xyz: torch.Tensor, num_group: int, group_size: int,
+                     skip_origin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(centre indices [B,G], neighbour indices [B,G,S]) in the current grouping mode: what exports check exactly."""
-    centre_idx, _, patch_idx = _select(xyz, num_group, group_size)
+    centre_idx, _, patch_idx = _select(xyz, num_group, group_size, skip_origin)
     return centre_idx, patch_idx
 
 
-def _select(xyz: torch.Tensor, num_group: int, group_size: int):
+def _select(xyz: torch.Tensor, num_group: int, group_size: int, skip_origin: bool = False):
     if _mode == "custom_op":
         import recon_serve.ops.torch_ops  # noqa: F401  (registers torch.ops.recon_serve)
 
-        centre_idx = torch.ops.recon_serve.farthest_point_sample(xyz, num_group)
+        centre_idx = torch.ops.recon_serve.farthest_point_sample(xyz, num_group, skip_origin)
         centres = gather_points(xyz, centre_idx)
         return centre_idx, centres, torch.ops.recon_serve.knn(xyz, centres, group_size)
-    fps = farthest_point_sample_scan if _mode == "scan" else farthest_point_sample
-    centre_idx = fps(xyz, num_group)
+    if _mode == "scan":
+        centre_idx = farthest_point_sample_scan(xyz, num_group, skip_origin=skip_origin)
+    else:
+        centre_idx = farthest_point_sample(xyz, num_group, skip_origin=skip_origin)
     centres = gather_points(xyz, centre_idx)
     return centre_idx, centres, knn(group_size, xyz, centres)
 
 
-def group(xyz: torch.Tensor, num_group: int, group_size: int):
+def group(xyz: torch.Tensor, num_group: int, group_size: int, skip_origin: bool = False):
     """FPS centres + kNN patches, as ReCon/Point-MAE: returns (patches relative to centre [B,G,S,3], centres [B,G,3])."""
-    _, centres, patch_idx = _select(xyz, num_group, group_size)
+    _, centres, patch_idx = _select(xyz, num_group, group_size, skip_origin)
     patches = gather_points(xyz, patch_idx) - centres.unsqueeze(2)
     return patches, centres

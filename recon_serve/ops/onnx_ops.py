@@ -1,7 +1,8 @@
 """ONNX side of the custom ops: schemas and the dynamo exporter's translation table.
 
 onnxscript only builds a node for an op whose schema is registered, so `translation_table()`
-registers `recon_serve::FarthestPointSample` (attr npoint) and `recon_serve::KNN` (attr k) first.
+registers `recon_serve::FarthestPointSample` (attrs npoint, optional skip_origin) and
+`recon_serve::KNN` (attr k) first.
 """
 from __future__ import annotations
 
@@ -17,18 +18,20 @@ from recon_serve.ops import DOMAIN
 VERSION = 1
 
 
-def _schema(name: str, inputs: list[str], attr: str, doc: str) -> OpSchema:
+def _schema(name: str, inputs: list[str], attr: str, doc: str, optional: tuple[str, ...] = ()) -> OpSchema:
     return OpSchema(
         name, DOMAIN, VERSION, doc=doc,
         inputs=[OpSchema.FormalParameter(i, "T") for i in inputs],
         outputs=[OpSchema.FormalParameter("indices", "tensor(int64)")],
         type_constraints=[("T", ["tensor(float)"], "point coordinates")],
-        attributes=[OpSchema.Attribute(attr, OpSchema.AttrType.INT, "")],
+        attributes=[OpSchema.Attribute(attr, OpSchema.AttrType.INT, ""),
+                    *(OpSchema.Attribute(a, OpSchema.AttrType.INT, "", required=False) for a in optional)],
     )
 
 
 SCHEMAS = (
-    _schema("FarthestPointSample", ["points"], "npoint", "FPS from index 0: points [B,N,3] -> int64 [B,npoint]"),
+    _schema("FarthestPointSample", ["points"], "npoint", "FPS from index 0: points [B,N,3] -> int64 [B,npoint]; "
+            "skip_origin=1 never picks a point with |p|^2 <= 1e-3 after the first (pointnet2_ops)", ("skip_origin",)),
     _schema("KNN", ["points", "query"], "k", "k nearest points, nearest first: [B,N,3],[B,M,3] -> int64 [B,M,k]"),
 )
 
@@ -43,7 +46,9 @@ def translation_table() -> dict:
             onnx.defs.register_schema(s)
     op = Opset(DOMAIN, VERSION)
 
-    def fps(points, npoint: int):
+    def fps(points, npoint: int, skip_origin: bool = False):
+        if skip_origin:
+            return op.FarthestPointSample(points, npoint=npoint, skip_origin=1)
         return op.FarthestPointSample(points, npoint=npoint)
 
     def knn(points, query, k: int):

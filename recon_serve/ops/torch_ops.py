@@ -12,13 +12,13 @@ from recon_serve.geometry import group as ref
 
 
 @torch.library.custom_op("recon_serve::farthest_point_sample", mutates_args=())
-def farthest_point_sample(points: torch.Tensor, npoint: int) -> torch.Tensor:
-    """Indices [B, npoint] (int64) by FPS from index 0."""
-    return ref.farthest_point_sample(points, npoint)
+def farthest_point_sample(points: torch.Tensor, npoint: int, skip_origin: bool = False) -> torch.Tensor:
+    """Indices [B, npoint] (int64) by FPS from index 0 (skip_origin: pointnet2_ops' rule)."""
+    return ref.farthest_point_sample(points, npoint, skip_origin=skip_origin)
 
 
 @farthest_point_sample.register_fake
-def _(points: torch.Tensor, npoint: int) -> torch.Tensor:
+def _(points: torch.Tensor, npoint: int, skip_origin: bool = False) -> torch.Tensor:
     return points.new_empty((points.shape[0], npoint), dtype=torch.long)
 
 

@@ -4,6 +4,7 @@
 //  * distances are ((a-b)^2 summed x, y, z in that order) in float, with no FMA (build with
 //    -ffp-contract=off), exactly as torch rounds ((a - b) ** 2).sum(-1);
 //  * FPS starts at index 0 and takes the first maximum (torch.argmax; NaN counts as the maximum);
+//    with skip_origin=1 a point with |p|^2 <= 1e-3 is never a later centre (pointnet2_ops' rule);
 //  * KNN returns the k smallest distances ascending, ties to the lower index (the ONNX TopK rule;
 //    torch.topk leaves tie order unspecified, so the two agree whenever the k-th distance is not tied).
 // The library uses only the C API handed to RegisterCustomOps (ORT_API_MANUAL_INIT), so it does not
@@ -50,9 +51,19 @@ inline float SquaredDistance(const float* a, const float* b) {
   return d;
 }
 
-// points: one cloud [N,3]; writes npoint indices.
-void FarthestPointSampleOne(const float* points, int64_t N, int64_t npoint, int64_t* out) {
+inline bool NearOrigin(const float* p) {
+  float m = p[0] * p[0];
+  m += p[1] * p[1];
+  m += p[2] * p[2];
+  return m <= 1e-3f;
+}
+
+// points: one cloud [N,3]; writes npoint indices. Skipped points keep distance -1 (never farthest).
+void FarthestPointSampleOne(const float* points, int64_t N, int64_t npoint, bool skip_origin, int64_t* out) {
   std::vector<float> dist(N, std::numeric_limits<float>::infinity());
+  std::vector<char> skip(N, 0);
+  if (skip_origin)
+    for (int64_t j = 0; j < N; ++j) skip[j] = NearOrigin(points + 3 * j);
   int64_t far = 0;
   for (int64_t i = 0; i < npoint; ++i) {
     out[i] = far;
@@ -64,6 +75,7 @@ void FarthestPointSampleOne(const float* points, int64_t N, int64_t npoint, int6
       const float d = SquaredDistance(points + 3 * j, c);
       float m = dist[j];
       if (std::isnan(d) || d < m) m = d;  // torch.minimum: NaN propagates
+      if (skip[j]) m = -1.f;
       dist[j] = m;
       const bool m_nan = std::isnan(m);
       if (j == 0 || (!best_nan && (m_nan || m > best_val))) best = j, best_val = m, best_nan = m_nan;
@@ -96,12 +108,29 @@ std::vector<int64_t> PointsShape(const Ort::ConstValue& v, const char* name) {
   return shape;
 }
 
+// A required int attribute that must be >= 1.
+int64_t PositiveAttribute(const Ort::ConstKernelInfo& info, const char* op, const char* name) {
+  const int64_t v = info.GetAttribute<int64_t>(name);
+  if (v < 1) throw Ort::Exception(std::string(op) + ": attribute " + name + " must be >= 1", ORT_INVALID_ARGUMENT);
+  return v;
+}
+
 #define RECON_CATCH_ALL                                                                 \
   catch (const Ort::Exception& e) { return Error(e.GetOrtErrorCode(), e.what()); }     \
   catch (const std::exception& e) { return Error(ORT_FAIL, e.what()); }
 
 struct FpsKernel {
   int64_t npoint;
+  bool skip_origin;
+
+  static FpsKernel* Create(const Ort::ConstKernelInfo& info) {
+    int64_t skip = 0;
+    try {
+      skip = info.GetAttribute<int64_t>("skip_origin");
+    } catch (const Ort::Exception&) {  // optional attribute, absent in graphs exported before it existed
+    }
+    return new FpsKernel{PositiveAttribute(info, "FarthestPointSample", "npoint"), skip != 0};
+  }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) noexcept try {
     Ort::KernelContext ctx(context);
@@ -112,7 +141,7 @@ struct FpsKernel {
       return Error(ORT_INVALID_ARGUMENT, "FarthestPointSample: npoint=" + std::to_string(npoint) + " > N=" + std::to_string(N));
     const float* p = points.GetTensorData<float>();
     int64_t* out = ctx.GetOutput(0, {B, npoint}).GetTensorMutableData<int64_t>();
-    ParallelOverBatch(B, [&](int64_t b) { FarthestPointSampleOne(p + b * N * 3, N, npoint, out + b * npoint); });
+    ParallelOverBatch(B, [&](int64_t b) { FarthestPointSampleOne(p + b * N * 3, N, npoint, skip_origin, out + b * npoint); });
     return nullptr;
   }
   RECON_CATCH_ALL
@@ -120,6 +149,8 @@ struct FpsKernel {
 
 struct KnnKernel {
   int64_t k;
+
+  static KnnKernel* Create(const Ort::ConstKernelInfo& info) { return new KnnKernel{PositiveAttribute(info, "KNN", "k")}; }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) noexcept try {
     Ort::KernelContext ctx(context);
@@ -142,15 +173,13 @@ struct KnnKernel {
   RECON_CATCH_ALL
 };
 
-// One op class per node type; Attr is the node's positive int attribute.
+// One op class per node type; the kernel reads its own attributes (Kernel::Create).
 template <class Kernel, size_t NumInputs>
 struct PointOp : Ort::CustomOpBase<PointOp<Kernel, NumInputs>, Kernel, /*WithStatus=*/true> {
-  PointOp(const char* name, const char* attr) : name_(name), attr_(attr) {}
+  explicit PointOp(const char* name) : name_(name) {}
 
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept try {
-    const int64_t v = Ort::ConstKernelInfo(info).GetAttribute<int64_t>(attr_);
-    if (v < 1) return Error(ORT_INVALID_ARGUMENT, std::string(name_) + ": attribute " + attr_ + " must be >= 1");
-    *kernel = new Kernel{v};
+    *kernel = Kernel::Create(Ort::ConstKernelInfo(info));
     return nullptr;
   }
   RECON_CATCH_ALL
@@ -163,7 +192,6 @@ struct PointOp : Ort::CustomOpBase<PointOp<Kernel, NumInputs>, Kernel, /*WithSta
 
  private:
   const char* name_;
-  const char* attr_;
 };
 
 }  // namespace
@@ -175,8 +203,8 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     return api_base->GetApi(1)->CreateStatus(ORT_FAIL, "recon_serve point ops need ONNX Runtime >= 1.21");
   Ort::InitApi(api);
   try {
-    static PointOp<FpsKernel, 1> fps("FarthestPointSample", "npoint");
-    static PointOp<KnnKernel, 2> knn("KNN", "k");
+    static PointOp<FpsKernel, 1> fps("FarthestPointSample");
+    static PointOp<KnnKernel, 2> knn("KNN");
     // One domain for the process, shared by every session (ORT only keeps a pointer to it).
     static Ort::CustomOpDomain domain = [] {
       Ort::CustomOpDomain d{kDomain};
