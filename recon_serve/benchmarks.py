@@ -17,7 +17,7 @@ from recon_serve.data.modelnet import data_root, load_modelnet10
 from recon_serve.data.packed import PackedSet, load_packed
 from recon_serve.data.vocabulary import canonical
 from recon_serve.evaluate import accuracy_report, encode
-from recon_serve.model.text import load_teacher, zero_shot_weights
+from recon_serve.model.text import text_side, zero_shot_weights
 from recon_serve.retrieval import d2_descriptor, l1_similarity, precision_at_k, retrieval_measures
 from recon_serve.runtime import cpu_has_fast_bf16
 
@@ -63,8 +63,10 @@ def evaluate_benchmark(model, ckpt: dict, benchmark: str, root=None, votes: int 
             r["vote_precision"] = "bf16" if cpu_has_fast_bf16() else "fp32"  # the extra copies (encode)
     else:
         r["restriction"] = "no classification head: zero-shot only"
-    w = zero_shot_weights(teacher or load_teacher(), words).numpy()
-    r["zero_shot_oa"], r["zero_shot_macc"] = accuracy_report((out["embedding"] @ w.T).argmax(1), labels, K)
+    if "embedding" in out:  # labels-only models (official fine-tune checkpoints) have no zero-shot
+        tower, templates, as_words = text_side(ckpt, teacher)
+        w = zero_shot_weights(tower, words, templates, as_words).numpy()
+        r["zero_shot_oa"], r["zero_shot_macc"] = accuracy_report((out["embedding"] @ w.T).argmax(1), labels, K)
     return r
 
 
@@ -101,7 +103,7 @@ def _take_points(points: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.tile(points, (1, reps, 1))[:, :n])
 
 
-def evaluate_retrieval(model, data: PackedSet, shape_kinds=(), d2: bool = True, teacher=None) -> dict:
+def evaluate_retrieval(model, data: PackedSet, shape_kinds=(), d2: bool = True, teacher=None, ckpt=None) -> dict:
     """Shape-to-shape retrieval (shape embedding; text embedding for comparison; D2), text search
     P@10 with one prompt-ensemble query per class, and zero-shot top-1 over the set's class words."""
     present = sorted(set(data.labels.tolist()))
@@ -110,13 +112,15 @@ def evaluate_retrieval(model, data: PackedSet, shape_kinds=(), d2: bool = True, 
     out = encode(model, data.points, shape_kinds=tuple(shape_kinds))
     r = {"n": int(len(labels)), "classes": len(present), "shape_embedding": model.cfg.shape_embedding}
     r.update(retrieval_measures(out["shape_embedding"] @ out["shape_embedding"].T, labels))
-    r["text_embedding"] = retrieval_measures(out["embedding"] @ out["embedding"].T, labels)
     r["candidates"] = {k: retrieval_measures(out[f"shape:{k}"] @ out[f"shape:{k}"].T, labels) for k in shape_kinds}
-    w = zero_shot_weights(teacher or load_teacher(), words).numpy()
-    sims = out["embedding"] @ w.T  # [N, C]
-    r["p_at_10"] = precision_at_k(sims.T, np.arange(len(present)), labels, 10)
-    r["top1"] = float((sims.argmax(1) == labels).mean())
     r["chance"] = 1.0 / len(present)
+    if "embedding" in out:  # text search and zero-shot need the text-aligned embedding
+        r["text_embedding"] = retrieval_measures(out["embedding"] @ out["embedding"].T, labels)
+        tower, templates, as_words = text_side(ckpt or {}, teacher)
+        w = zero_shot_weights(tower, words, templates, as_words).numpy()
+        sims = out["embedding"] @ w.T  # [N, C]
+        r["p_at_10"] = precision_at_k(sims.T, np.arange(len(present)), labels, 10)
+        r["top1"] = float((sims.argmax(1) == labels).mean())
     if d2:
         r["d2"] = retrieval_measures(l1_similarity(d2_descriptor(data.points)), labels)
     return r

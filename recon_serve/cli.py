@@ -4,6 +4,7 @@
     recon-serve eval-retrieval --data DIR_OR_NPZ [--checkpoint PATH] [--shape-embeddings max,mean_max] --json FILE
     recon-serve eval-seg [--checkpoint PATH] --json FILE
     recon-serve info [--checkpoint PATH]
+    recon-serve import-official CKPT --out FILE [--config cfgs/.../X.yaml] [--num-group G] [--num-points N] ...
     recon-serve export [CHECKPOINT] --out DIR [--mode auto|custom_op|pure]
     recon-serve check-export DIR --json FILE [--checkpoint CKPT]
     recon-serve serve [--host H] [--port P] [--index DIR] [--checkpoint PATH] [--backend onnxruntime|torch|URL]
@@ -43,7 +44,8 @@ def _eval(args) -> int:
     result.update(checkpoint=str(ckpt_path), seconds=round(time.time() - t0, 1))
     rows = [("overall accuracy (OA)", result.get("oa")), ("mean class accuracy", result.get("macc")),
             (f"OA with {result['votes']} votes", result.get("oa_vote")),
-            ("zero-shot / text-prompted OA", result["zero_shot_oa"]), ("zero-shot mean class acc", result["zero_shot_macc"])]
+            ("zero-shot / text-prompted OA", result.get("zero_shot_oa")),
+            ("zero-shot mean class acc", result.get("zero_shot_macc"))]
     print(f"{result['split']}, {result['n']} shapes ({result['restriction']})")
     for name, v in rows:
         if v is not None:
@@ -64,18 +66,23 @@ def _eval_retrieval(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    model, _ = create_model(ckpt_path)
+    model, ckpt = create_model(ckpt_path)
     kinds = tuple(k for k in (args.shape_embeddings or "").split(",") if k)
-    r = evaluate_retrieval(model, data, shape_kinds=kinds, d2=not args.no_d2)
+    try:
+        r = evaluate_retrieval(model, data, shape_kinds=kinds, d2=not args.no_d2, ckpt=ckpt)
+    except ValueError as e:  # the checkpoint's text tower is not the configured one
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     r.update(checkpoint=str(ckpt_path), data=str(args.data), seconds=round(time.time() - t0, 1))
     print(f"{args.data}: {r['n']} shapes in {r['classes']} classes, leave-one-out")
     print(f"  {'':<28} {'NN':>6} {'1-tier':>7} {'2-tier':>7} {'DCG':>6}")
-    rows = [("shape embedding", r), ("text embedding as shape", r["text_embedding"])]
+    rows = [("shape embedding", r)] + ([("text embedding as shape", r["text_embedding"])] if "text_embedding" in r else [])
     rows += [(f"shape embedding: {k}", r["candidates"][k]) for k in kinds]
     rows += [("D2 shape distribution", r["d2"])] if "d2" in r else []
     for name, m in rows:
         print(f"  {name:<28} {m['nn']:6.3f} {m['first_tier']:7.3f} {m['second_tier']:7.3f} {m['dcg']:6.3f}")
-    print(f"  text search P@10 {r['p_at_10']:.3f}; zero-shot top-1 {r['top1']:.3f} (chance {r['chance']:.3f})")
+    if "top1" in r:
+        print(f"  text search P@10 {r['p_at_10']:.3f}; zero-shot top-1 {r['top1']:.3f} (chance {r['chance']:.3f})")
     print(f"  took {r['seconds']} s")
     _write_json(args.json, r)
     return 0
@@ -148,6 +155,28 @@ def _check_export(args) -> int:
     return 0
 
 
+def _import_official(args) -> int:
+    from recon_serve.model.official import import_official
+
+    names = [n.strip() for n in args.class_names.split(",") if n.strip()] if args.class_names else None
+    try:
+        ckpt = import_official(args.checkpoint, args.out, config=args.config, class_names=names,
+                               num_group=args.num_group, num_points=args.num_points, group_size=args.group_size,
+                               up_axis=args.up_axis)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfg = ckpt["config"]
+    uses = "labels only (no projection: /v1/embed, zero-shot and search answer 409)" if not (
+        cfg["text_weight"] or cfg["img_weight"]) else (
+        f"embedding = {cfg['text_weight']:g} x text_proj + {cfg['img_weight']:g} x img_proj in {ckpt['teacher']}'s space "
+        "(serve with RECON_TEXT_TOWER=clip:ViT-B-32:/path/to/ViT-B-32.pt)")
+    print(f"wrote {args.out}: depth {cfg['depth']}, width {cfg['trans_dim']}, {cfg['num_group']} groups x "
+          f"{cfg['group_size']} points, {cfg['num_points']} points, up axis {cfg['up_axis']}, "
+          f"{cfg.get('num_classes', 0) or 'no'} classes ({ckpt['class_names_source'] or 'no names'}); {uses}")
+    return 0
+
+
 def _serve(args) -> int:
     import logging
 
@@ -163,7 +192,7 @@ def _serve(args) -> int:
     settings = Settings.from_env(checkpoint=args.checkpoint, backend=args.backend, index_dir=args.index,
                                  max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, api_keys=args.api_keys,
                                  read_keys=args.read_keys, cors_origins=args.cors_origins,
-                                 threads=args.threads, cache_dir=args.cache_dir)
+                                 threads=args.threads, cache_dir=args.cache_dir, text_tower=args.text_tower)
     from recon_serve.api.protocol import protocol_class
 
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
@@ -290,6 +319,16 @@ def main(argv=None) -> int:
     i = sub.add_parser("info", help="print a checkpoint's model card fields")
     i.add_argument("--checkpoint")
     i.set_defaults(fn=_info)
+    o = sub.add_parser("import-official", help="an official qizekun/ReCon .pth as a self-describing checkpoint")
+    o.add_argument("checkpoint", help="official checkpoint (ckpt-last.pth, modelnet40.pth, scan_hardest.pth, ...)")
+    o.add_argument("--out", required=True, help="recon-serve checkpoint to write")
+    o.add_argument("--config", help="the official cfgs/*.yaml it was trained with (num_group, npoints, dataset)")
+    o.add_argument("--num-group", type=int, help="FPS centres (official: 64; ScanObjectNN 128; ModelNet-8k 512)")
+    o.add_argument("--num-points", type=int, help="points per cloud (official: 1024; ScanObjectNN 2048; 8k 8192)")
+    o.add_argument("--group-size", type=int, help="points per patch (official: 32)")
+    o.add_argument("--up-axis", choices=("y", "z"), help="the model's up axis (official: y)")
+    o.add_argument("--class-names", help="comma-separated names for the head (default: the data set's, for 40 or 15)")
+    o.set_defaults(fn=_import_official)
     x = sub.add_parser("export", help="write a Triton model repository (ONNX + python backend) from a checkpoint")
     x.add_argument("checkpoint", nargs="?", help="checkpoint (default: the shipped model)")
     x.add_argument("--out", required=True, help="model repository directory")
@@ -318,6 +357,7 @@ def main(argv=None) -> int:
     v.add_argument("--cors-origins", help="comma-separated browser origins allowed to call the API")
     v.add_argument("--threads", type=int, help="intra-op threads for the backend")
     v.add_argument("--cache-dir", help="exported ONNX cache (default ~/.cache/recon-serve/onnx)")
+    v.add_argument("--text-tower", help="minilm (default) | clip:ARCH:PATH, e.g. clip:ViT-B-32:/models/ViT-B-32.pt")
     v.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     v.set_defaults(fn=_serve)
     b = sub.add_parser("embed", help="embed a folder or list of shape files into a search index (resumable)")

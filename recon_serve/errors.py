@@ -100,6 +100,11 @@ class RequestTimeout(ShapeError):
     code, status = "request_timeout", 408
 
 
+class EmbeddingUnavailable(ShapeError):
+    """The model has no text-aligned embedding (labels only), so this endpoint cannot answer."""
+    code, status = "embedding_unavailable", 409
+
+
 class ReloadFailed(ShapeError):
     """A model reload was refused (it did not load, or failed its check); the old model still serves."""
     code, status = "reload_failed", 409

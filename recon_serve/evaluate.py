@@ -28,7 +28,10 @@ def encode(model, points: np.ndarray, batch_size: int = 128, votes: int = 1, see
     def run(xv) -> dict:
         patches, centres = model.group(xv)
         queries, tokens = model.encoder(patches, centres)
-        res = {"embedding": model.text_embedding(queries), "shape_embedding": model.shape_embedding(queries, tokens)}
+        res = {"shape_embedding": model.shape_embedding(queries, tokens)}
+        embedding = model.text_embedding(queries)
+        if embedding is not None:
+            res["embedding"] = embedding
         res.update({f"shape:{k}": model.shape_embedding(queries, tokens, k) for k in shape_kinds})
         if model.cls_head is not None:
             res["probs"] = model.head_logits(queries, tokens).float().softmax(-1)
@@ -62,7 +65,7 @@ def predict(model, points: np.ndarray, batch_size: int = 128, votes: int = 1, se
     with votes>1, the voted ones."""
     r = encode(model, points, batch_size, votes, seed)
     pre = "vote:" if votes > 1 else ""
-    return r.get(pre + "probs"), r[pre + "embedding"]
+    return r.get(pre + "probs"), r.get(pre + "embedding")
 
 
 def accuracy_report(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[float, float]:
@@ -77,10 +80,10 @@ def evaluate(model, points, labels, class_names, teacher=None, votes: int = 1) -
     result = {"n": int(len(labels)), "votes": votes}
     if probs is not None:
         result["oa"], result["macc"] = accuracy_report(probs.argmax(1), labels, len(class_names))
-    teacher = teacher or load_teacher()
-    w = zero_shot_weights(teacher, class_names).numpy()
-    zs = (emb @ w.T).argmax(1)
-    result["zero_shot_oa"], result["zero_shot_macc"] = accuracy_report(zs, labels, len(class_names))
+    if emb is not None:
+        w = zero_shot_weights(teacher or load_teacher(), class_names).numpy()
+        zs = (emb @ w.T).argmax(1)
+        result["zero_shot_oa"], result["zero_shot_macc"] = accuracy_report(zs, labels, len(class_names))
     return result
 
 

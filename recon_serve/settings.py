@@ -19,6 +19,8 @@ environment once, and `replace(**overrides)` applies command-line flags on top.
                             POSTs and DELETEs carrying another Origin header get 403)
     RECON_HEADER_TIMEOUT_S, RECON_BODY_TIMEOUT_S   a request's head / body must arrive within these
     RECON_THREADS           intra-op threads for torch / ONNX Runtime (default: library default)
+    RECON_TEXT_TOWER        minilm (default) | clip:ARCH:PATH (CLIP's text tower from a local weights file,
+                            e.g. clip:ViT-B-32:/models/ViT-B-32.pt; the official ReCon checkpoints need it)
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class Settings:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     threads: int | None = None
+    text_tower: str = "minilm"
 
     @classmethod
     def from_env(cls, env=None, **overrides) -> "Settings":

@@ -2,9 +2,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recon_serve.model.checkpoint import official_state_dict_to_ours, read_checkpoint, save_checkpoint
+from recon_serve.model.checkpoint import read_checkpoint, save_checkpoint
+from recon_serve.model.official import official_state_dict_to_ours
 from recon_serve.model.factory import create_model, list_configs, load_config
 from recon_serve.model.recon import QUERY_NAMES
+from official_reference import OfficialFinetune  # pytest puts tests/ on sys.path
 
 
 def _micro(**kw):
@@ -97,88 +99,9 @@ def test_checkpoint_round_trip_keeps_outputs(tmp_path):
 
 
 # ---- official ReCon layout ---------------------------------------------------------------------
-# A from-scratch stand-in for the official fine-tune model's parameter layout (module names and
-# shapes as in qizekun/ReCon's PointTransformer): Conv1d patch embedding, separate cls/img/text
-# tokens, blocks.blocks.N.{attn,attn_contrast,mlp,mlp_contrast,norm*}, cls_head_finetune.
-class _OffMlp(nn.Module):
-    def __init__(s, d, h):
-        super().__init__(); s.fc1, s.fc2 = nn.Linear(d, h), nn.Linear(h, d)
-
-    def forward(s, x):
-        return s.fc2(F.gelu(s.fc1(x)))
-
-
-class _OffAttn(nn.Module):
-    def __init__(s, d, h, cross):
-        super().__init__(); s.h, s.cross = h, cross
-        if cross:
-            s.q, s.kv = nn.Linear(d, d, bias=False), nn.Linear(d, 2 * d, bias=False)
-        else:
-            s.qkv = nn.Linear(d, 3 * d, bias=False)
-        s.proj = nn.Linear(d, d)
-
-    def forward(s, x, y=None):
-        B, N, C = x.shape
-        split = lambda t: t.reshape(B, t.shape[1], s.h, C // s.h).transpose(1, 2)
-        if s.cross:
-            q = split(s.q(x)); k, v = [split(t) for t in s.kv(y).chunk(2, -1)]
-        else:
-            q, k, v = [split(t) for t in s.qkv(x).chunk(3, -1)]
-        a = (q @ k.transpose(-2, -1) * (C // s.h) ** -0.5).softmax(-1)
-        return s.proj((a @ v).transpose(1, 2).reshape(B, N, C))
-
-
-class _OffBlock(nn.Module):
-    def __init__(s, d, h):
-        super().__init__()
-        s.norm1, s.norm2, s.norm1_contrast, s.norm2_contrast = (nn.LayerNorm(d) for _ in range(4))
-        s.attn, s.attn_contrast = _OffAttn(d, h, False), _OffAttn(d, h, True)
-        s.mlp, s.mlp_contrast = _OffMlp(d, 4 * d), _OffMlp(d, 4 * d)
-
-    def forward(s, x):
-        c, v = s.norm1_contrast(x[:, :3]), s.norm1(x[:, 3:])
-        c = c + s.attn_contrast(c, v)
-        v = v + s.attn(v)
-        c, v = s.norm2_contrast(c), s.norm2(v)
-        return torch.cat([c + s.mlp_contrast(c), v + s.mlp(v)], 1)
-
-
-class _OffBlocks(nn.Module):
-    def __init__(s, d, h, depth):
-        super().__init__(); s.blocks = nn.ModuleList(_OffBlock(d, h) for _ in range(depth))
-
-
-class _OfficialLayout(nn.Module):
-    def __init__(s, d=48, h=2, depth=2, classes=4):
-        super().__init__()
-        s.encoder = nn.Module()
-        s.encoder.first_conv = nn.Sequential(nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(), nn.Conv1d(128, 256, 1))
-        s.encoder.second_conv = nn.Sequential(nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(), nn.Conv1d(512, d, 1))
-        for n in ("cls_token", "cls_pos", "img_token", "img_pos", "text_token", "text_pos"):
-            setattr(s, n, nn.Parameter(torch.randn(1, 1, d) * 0.02))
-        s.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, d))
-        s.blocks = _OffBlocks(d, h, depth)
-        s.norm = nn.LayerNorm(d)
-        s.cls_head_finetune = nn.Sequential(nn.Linear(4 * d, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.5),
-                                            nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, classes))
-
-    def forward(s, patches, centres):
-        B, G, S, _ = patches.shape
-        f = s.encoder.first_conv(patches.reshape(B * G, S, 3).transpose(2, 1))
-        f = torch.cat([f.max(2, keepdim=True)[0].expand(-1, -1, S), f], 1)
-        tok = s.encoder.second_conv(f).max(2)[0].reshape(B, G, -1)
-        e = lambda p: p.expand(B, -1, -1)
-        x = torch.cat([e(s.cls_token), e(s.img_token), e(s.text_token), tok], 1)
-        pos = torch.cat([e(s.cls_pos), e(s.img_pos), e(s.text_pos), s.pos_embed(centres)], 1)
-        for blk in s.blocks.blocks:
-            x = blk(x + pos)
-        x = s.norm(x)
-        return s.cls_head_finetune(torch.cat([x[:, 0], x[:, 1], x[:, 2], x[:, 3:].max(1)[0]], -1))
-
-
 def test_official_layout_state_dict_loads_and_gives_the_same_logits(tmp_path):
     torch.manual_seed(3)
-    official = _OfficialLayout().eval()
+    official = OfficialFinetune().eval()
     for m in official.modules():  # non-trivial norm statistics and affine parameters
         if isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)):
             nn.init.normal_(m.weight, 1, 0.1); nn.init.normal_(m.bias, 0, 0.1)

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from recon_serve.api.routes import admin, health, search, shapes
 from recon_serve.api.state import AppState
 from recon_serve.errors import ForbiddenOrigin, PayloadTooLarge, RequestTimeout, ShapeError
+from recon_serve.model.text import TowerMismatch
 from recon_serve.settings import Settings
 
 log = logging.getLogger("recon_serve.api")
@@ -193,7 +194,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         from starlette.concurrency import run_in_threadpool
 
-        await run_in_threadpool(state.open)
+        try:
+            await run_in_threadpool(state.open)
+        except TowerMismatch as e:  # a set-up mistake: say first what to set
+            log.error("not starting: %s", e)
+            raise
         log.info("ready: model %s on %s, index %s (%d shapes)", state.backend.version, state.backend.name,
                  settings.index_dir, len(state.index))
         try:

@@ -17,7 +17,8 @@ from starlette.datastructures import UploadFile
 
 from recon_serve.api.state import AppState
 from recon_serve.api.validation import as_bool, as_choice, as_int, check_text, parse_json
-from recon_serve.errors import BadRequest, InvalidPoints, NonFiniteCoordinates, PayloadTooLarge, UnsupportedFormat
+from recon_serve.errors import (BadRequest, EmbeddingUnavailable, InvalidPoints, NonFiniteCoordinates, PayloadTooLarge,
+                                 UnsupportedFormat)
 from recon_serve.geometry.decode import decode_points_json
 from recon_serve.geometry.preprocess import Prepared, prepare
 
@@ -93,8 +94,9 @@ async def prepare_input(state: AppState, inp: ShapeInput) -> Prepared:
             decoded = await run_in_threadpool(state.decoder.decode, inp.filename, inp.data)
         else:
             decoded = await run_in_threadpool(decode_points_json, inp.points, state.settings.decode_limits)
+    model_up = (backend.model_card.get("config") or {}).get("up_axis") or "z"  # official checkpoints: y
     with m.time_stage("sample"):
-        return await run_in_threadpool(prepare, decoded, n, up_axis, normalise)
+        return await run_in_threadpool(prepare, decoded, n, up_axis, normalise, 0, model_up)
 
 
 async def infer(state: AppState, prepared: Prepared) -> dict[str, np.ndarray]:
@@ -117,6 +119,13 @@ async def run_shape(state: AppState, inp: ShapeInput) -> tuple[Prepared, dict[st
 def shape_vector(state: AppState, out) -> np.ndarray | None:
     """The shape embedding to store or search with, when the index has a shape field."""
     return unit(out["shape_embedding"]) if "shape" in state.index.fields and "shape_embedding" in out else None
+
+
+def text_embedding(out) -> np.ndarray:
+    """The unit text-aligned embedding of a model's outputs (409 when the model that answered has none)."""
+    if "embedding" not in out:
+        raise EmbeddingUnavailable("the model that answered has no text-aligned embedding (labels only)")
+    return unit(out["embedding"])
 
 
 def unit(vector: np.ndarray) -> np.ndarray:

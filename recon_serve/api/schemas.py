@@ -120,4 +120,4 @@ def shape_body(extra: dict | None = None, json_required=("points",)) -> dict:
     }}}
 
 
-ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 408, 413, 415, 422)}
+ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 408, 409, 413, 415, 422)}

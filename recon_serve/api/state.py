@@ -13,7 +13,7 @@ import numpy as np
 from fastapi import Request
 
 from recon_serve.api.metrics import Metrics
-from recon_serve.errors import ReloadFailed, Unauthorized
+from recon_serve.errors import EmbeddingUnavailable, ReloadFailed, Unauthorized
 from recon_serve.settings import Settings
 
 class TextEncoder:
@@ -28,7 +28,12 @@ class TextEncoder:
     CHUNK = 4  # labels per lock hold: 4 x 8 prompts
     PACE = 1.0  # rest per second of encoding, after a request's first chunk
 
-    def __init__(self, cache_size: int = 4096):
+    def __init__(self, cache_size: int = 4096, tower: str = "minilm", prompts: str | None = None):
+        from recon_serve.model.text import PROMPTS, parse_tower
+
+        self.tower = parse_tower(tower)
+        self.prompts = prompts if prompts in PROMPTS else "recon-serve"
+        self._templates, self._words = PROMPTS[self.prompts]
         self._lock = threading.Lock()
         self._teacher = None
         self._labels: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -38,9 +43,9 @@ class TextEncoder:
     def _get(self):
         with self._lock:
             if self._teacher is None:
-                from recon_serve.model.text import load_teacher
+                from recon_serve.model.text import load_tower
 
-                self._teacher = load_teacher()
+                self._teacher = load_tower(self.tower)
             return self._teacher
 
     def label_weights(self, labels: tuple[str, ...]) -> np.ndarray:
@@ -54,7 +59,7 @@ class TextEncoder:
                 chunk = missing[i : i + self.CHUNK]
                 t0 = time.perf_counter()
                 with self._lock:
-                    vectors = zero_shot_weights(teacher, chunk).numpy()
+                    vectors = zero_shot_weights(teacher, chunk, self._templates, self._words).numpy()
                     for label, v in zip(chunk, vectors):
                         self._labels[label] = v
                 if i and i + self.CHUNK < len(missing):
@@ -64,7 +69,7 @@ class TextEncoder:
             for label in labels:
                 v = self._labels.get(label)
                 if v is None:  # evicted by a concurrent request meanwhile: encode it alone
-                    v = zero_shot_weights(self._teacher, [label]).numpy()[0]
+                    v = zero_shot_weights(self._teacher, [label], self._templates, self._words).numpy()[0]
                     self._labels[label] = v
                 self._labels.move_to_end(label)
                 out.append(v)
@@ -75,7 +80,8 @@ class TextEncoder:
     def _text_vector(self, text: str) -> np.ndarray:
         teacher = self._get()
         with self._lock:
-            return teacher([text])[0].numpy()
+            v = teacher([text])[0].numpy()
+        return v / max(float(np.linalg.norm(v)), 1e-12)  # CLIP's features are not unit length
 
 
 @dataclass
@@ -96,6 +102,11 @@ class AppState:
 
         s = self.settings
         self.backend = load_backend(s)
+        try:
+            self.text = text_encoder_for(self.backend.model_card, s)
+        except Exception:
+            self.close()
+            raise
         self.batcher = Batcher(self.backend, s.max_batch, s.max_wait_ms, on_batch=self.metrics.on_batch)
         self.index = ShapeIndex.for_model(Path(s.index_dir), self.backend.model_card, self.backend.version)
         self.decoder = Decoder(s.decode_limits, workers=s.decode_workers, max_jobs=s.decode_max_jobs,
@@ -118,9 +129,11 @@ class AppState:
                 return {"changed": False, "model_version": old.version}
             try:
                 check_backend(new, self.index.fields)
+                text = text_encoder_for(new.model_card, self.settings, self.text)
             except Exception as e:
                 new.close()
                 raise ReloadFailed(f"the new model failed its check: {e}") from None
+            self.text = text
             self.batcher.swap(new)
             self.backend = new
             old.close()
@@ -134,6 +147,18 @@ class AppState:
                 setattr(self, name, None)
 
 
+def text_encoder_for(card: dict, settings: Settings, current: TextEncoder | None = None) -> TextEncoder:
+    """The text encoder a model needs: the settings' tower, refused (TowerMismatch) when the model's
+    embedding lives in another tower's space; `current` is kept when it already fits."""
+    from recon_serve.model.text import check_tower, parse_tower
+
+    check_tower(card, parse_tower(settings.text_tower))
+    prompts = card.get("prompts") or "recon-serve"
+    if current is not None and current.prompts == prompts and current.tower == parse_tower(settings.text_tower):
+        return current
+    return TextEncoder(tower=settings.text_tower, prompts=prompts)
+
+
 def check_backend(backend, fields: dict[str, int]) -> None:
     """A model about to serve must give finite outputs of the index's sizes for a plain shape."""
     rng = np.random.default_rng(0)
@@ -141,6 +166,8 @@ def check_backend(backend, fields: dict[str, int]) -> None:
     pts /= np.linalg.norm(pts, axis=-1, keepdims=True)  # two unit spheres
     out = backend.infer(pts)
     for name, output in (("text", "embedding"), ("shape", "shape_embedding")):
+        if name == "text" and not backend.model_card.get("embedding_dim"):
+            continue  # a labels-only model: the embedding endpoints answer 409
         if name in fields:
             emb = np.asarray(out.get(output))
             if emb.shape != (2, fields[name]):
@@ -165,6 +192,18 @@ def require_api_key(request: Request) -> None:
     keys = get_state(request).settings.api_keys
     if keys:
         _check_key(request, keys)
+
+
+def require_embedding(request: Request) -> None:
+    """Endpoints that need the text-aligned embedding (embed, zero-shot, search, the library): a model
+    without one (an official fine-tune checkpoint has no projection) answers 409 saying why."""
+    card = get_state(request).backend.model_card
+    if not card.get("embedding_dim"):
+        raise EmbeddingUnavailable(
+            "this model has no text-aligned embedding (a fine-tune checkpoint without text_proj, such as the "
+            "official ModelNet40/ScanObjectNN ones): it serves /v1/classify only. For embeddings, zero-shot and "
+            "search, serve a checkpoint with projections (the official pretrain or zero-shot checkpoint, with "
+            "RECON_TEXT_TOWER=clip:ViT-B-32:/path/to/ViT-B-32.pt), or a recon-serve checkpoint")
 
 
 def require_read_key(request: Request) -> None:

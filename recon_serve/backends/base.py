@@ -57,10 +57,12 @@ def card_from_checkpoint(ckpt: dict, model, path: Path, sha256: str) -> dict:
         "category_parts": ckpt.get("category_parts") or {},
         "normalisation": ckpt.get("normalisation"),
         "num_points": cfg.num_points,
-        "embedding_dim": cfg.text_dim,
+        "embedding_dim": model.embedding_dim,
         "shape_embedding_dim": model.shape_embedding_dim,
         "zero_shot_temperature": ckpt.get("zero_shot_temperature"),
         "teacher": ckpt.get("teacher"),
+        "prompts": ckpt.get("prompts") or "recon-serve",
+        "class_names_source": ckpt.get("class_names_source"),
         "metrics": ckpt.get("metrics") or {},
         "source_checkpoint": {"path": str(path), "sha256": sha256},
     }

@@ -44,6 +44,7 @@ class EmbedWorker:
         from recon_serve.geometry.decode import DecodeLimits, Decoder
 
         self.backend = OrtBackend(model_dir, cache_dir=model_dir, threads=1)
+        self.model_up = (self.backend.model_card.get("config") or {}).get("up_axis") or "z"
         self.options = options
         self.decoder = Decoder(DecodeLimits(max_bytes=options.max_file_bytes), workers=1)
 
@@ -66,7 +67,7 @@ class EmbedWorker:
                     out.append(("skip", id_, sha, None))
                     continue
                 shape = self.decoder.decode(Path(path).name, data)
-                pts = prepare(shape, self.options.n_points, up_axis=self.options.up_axis).points
+                pts = prepare(shape, self.options.n_points, up_axis=self.options.up_axis, model_up=self.model_up).points
                 ready.append((id_, sha, pts))
             except ShapeError as e:
                 out.append(("error", id_, sha, f"{e.code}: {e.detail}"))
@@ -194,6 +195,9 @@ def embed_library(source, index_dir, *, checkpoint=None, workers: int | None = N
         ref = OrtBackend(checkpoint or DEFAULT_CHECKPOINT, cache_dir or Settings().cache_dir, threads=1)
         model_dir, version, card = str(ref.path), ref.version, ref.model_card
         ref.close()
+        if not card.get("embedding_dim"):
+            raise ValueError("this model has no text-aligned embedding (an official fine-tune checkpoint serves "
+                             "labels only); embed the library with a model that has one")
         known = {} if reindex else manifest.known()
         done = {i: sha for i, (sha, status, v) in known.items() if status == "ok" and v == version}
         by_id = {f.id: f for f in files}

@@ -93,24 +93,15 @@ def _output_dims(model) -> dict[str, list[int]]:
 
 
 def _card(ckpt: dict, model, checkpoint_path: Path, version: int, mode: str, domains: list[str], outputs) -> dict:
+    from recon_serve.backends.base import card_from_checkpoint
     from recon_serve.export.onnx import INPUT
 
-    cfg = model.cfg
+    sha = hashlib.sha256(checkpoint_path.read_bytes()).hexdigest()
     return {
+        **card_from_checkpoint(ckpt, model, checkpoint_path, sha),
         "version": version,
-        "config_name": cfg.name,
-        "config": cfg.to_dict(),
-        "class_names": list(ckpt.get("class_names") or []),
-        "part_names": list(ckpt.get("part_names") or []),
-        "normalisation": ckpt.get("normalisation"),
-        "num_points": cfg.num_points,
-        "embedding_dim": outputs["embedding"][0],
+        "embedding_dim": outputs.get("embedding", [0])[0],
         "shape_embedding_dim": outputs.get("shape_embedding", [0])[0],
-        "zero_shot_temperature": ckpt.get("zero_shot_temperature"),
-        "teacher": ckpt.get("teacher"),
-        "metrics": ckpt.get("metrics") or {},
-        "source_checkpoint": {"path": str(checkpoint_path),
-                              "sha256": hashlib.sha256(checkpoint_path.read_bytes()).hexdigest()},
         "onnx": {"file": "model.onnx", "mode": mode, "domains": domains,
                  "custom_op_library": LIBRARY_NAME if mode == "custom_op" else None,
                  "input": {"name": INPUT, "dtype": "float32", "shape": ["batch", "num_points", 3]},

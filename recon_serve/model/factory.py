@@ -35,11 +35,18 @@ def create_model(name_or_path: str | Path | None = None, **overrides):
     if not path.exists():
         raise FileNotFoundError(f"{path}: neither a config name ({', '.join(list_configs())}) nor a checkpoint file")
     ckpt = read_checkpoint(path)
+    return model_from_checkpoint(ckpt, **overrides), ckpt
+
+
+def model_from_checkpoint(ckpt: dict, **overrides) -> ReCon:
+    """The checkpoint's model in eval mode. Every weight it uses must be in the file (only the
+    pretraining decoder and the contrastive temperature may be absent), so two loads of one file
+    always give the same outputs."""
     defaults = ReConConfig().to_dict()
-    cfg = ReConConfig(**{**defaults, **ckpt["config"], **overrides})
-    model = ReCon(cfg)
+    known = {k: v for k, v in ckpt["config"].items() if k in defaults}
+    model = ReCon(ReConConfig(**{**defaults, **known, **overrides}))
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-    bad = [k for k in missing if not k.startswith(PRETRAIN_ONLY + ("logit_scale", "text_proj", "img_proj"))]
+    bad = [k for k in missing if not k.startswith(PRETRAIN_ONLY + ("logit_scale",))]
     if bad or unexpected:
         raise ValueError(f"checkpoint does not fit the model: missing {bad[:5]}, unexpected {list(unexpected)[:5]}")
-    return model.eval(), ckpt
+    return model.eval()

@@ -40,8 +40,14 @@ class ReConConfig:
     num_points: int = 1024
     mask_ratio: float = 0.6
     drop_path_rate: float = 0.1
-    text_dim: int = 384  # output size of the text teacher (all-MiniLM-L6-v2: 384)
+    text_dim: int = 384  # output size of the text teacher (all-MiniLM-L6-v2: 384); 0: no text projection
     img_dim: int = 0  # 0: no image teacher; set to the image teacher's size to add the img projection
+    # the text-aligned embedding: text_weight * text_proj(text query) + img_weight * img_proj(img query);
+    # the official zero-shot model ("full") uses 0.25 and 1 (its `ratio`), ours the text query alone
+    text_weight: float = 1.0
+    img_weight: float = 0.0
+    fps_skip_origin: bool = False  # pointnet2_ops' FPS rule (official checkpoints), see geometry.group
+    up_axis: str = "z"  # the axis that is up in the frame the model was trained in (official code: y)
     cls_hidden: int = 256
     num_classes: int = 0
     num_parts: int = 0  # >0 adds the part segmentation head (parts of all categories in one label space)
@@ -157,7 +163,7 @@ class ReCon(nn.Module):
         self.decoder_norm = nn.LayerNorm(C)
         self.rebuild = nn.Linear(C, 3 * cfg.group_size)
         # teacher projections for the global queries
-        self.text_proj = nn.Linear(C, cfg.text_dim)
+        self.text_proj = nn.Linear(C, cfg.text_dim) if cfg.text_dim else None
         self.img_proj = nn.Linear(C, cfg.img_dim) if cfg.img_dim else None
         self.logit_scale = nn.Parameter(torch.tensor(2.659))  # log(1/0.07), as CLIP
         # classification head on [cls, img, text, max-pooled tokens]
@@ -194,7 +200,7 @@ class ReCon(nn.Module):
 
     # ---- inference -------------------------------------------------------------------------
     def group(self, points: torch.Tensor):
-        return group(points, self.cfg.num_group, self.cfg.group_size)
+        return group(points, self.cfg.num_group, self.cfg.group_size, skip_origin=self.cfg.fps_skip_origin)
 
     def features(self, points: torch.Tensor, stop_grad: bool = True):
         patches, centres = self.group(points)
@@ -204,9 +210,27 @@ class ReCon(nn.Module):
         feat = torch.cat([queries.flatten(1), tokens.max(1).values], dim=-1)
         return self.cls_head(feat)
 
-    def text_embedding(self, queries) -> torch.Tensor:
-        """The text query projected into the text teacher's space, unit length: the global embedding."""
-        return F.normalize(self.text_proj(queries[:, QUERY_NAMES.index("text")]), dim=-1)
+    @property
+    def embedding_dim(self) -> int:
+        """Size of the text-aligned embedding; 0 when the model has none (an official fine-tune
+        checkpoint carries no projection: it serves labels only)."""
+        parts = self._embedding_parts()
+        return parts[0][1].out_features if parts else 0
+
+    def _embedding_parts(self) -> list:
+        parts = [(w, proj, QUERY_NAMES.index(q)) for w, proj, q in
+                 ((self.cfg.text_weight, self.text_proj, "text"), (self.cfg.img_weight, self.img_proj, "img"))
+                 if w and proj is not None]
+        if len({p.out_features for _, p, _ in parts}) > 1:
+            raise ValueError("text_proj and img_proj differ in size; they cannot be mixed into one embedding")
+        return parts
+
+    def text_embedding(self, queries) -> torch.Tensor | None:
+        """The global embedding in the text teacher's space, unit length (None without a projection)."""
+        parts = self._embedding_parts()
+        if not parts:
+            return None
+        return F.normalize(sum(w * proj(queries[:, i]) for w, proj, i in parts), dim=-1)
 
     @property
     def shape_embedding_dim(self) -> int:
@@ -223,14 +247,17 @@ class ReCon(nn.Module):
         return F.normalize(torch.cat([F.normalize(p, dim=-1) for p in parts], -1), dim=-1)
 
     def forward(self, points: torch.Tensor) -> dict:
-        """{'embedding' [B,D] (text-aligned), 'shape_embedding' [B,E], 'logits' [B,K] if a class head,
+        """{'embedding' [B,D] (text-aligned, if a projection), 'shape_embedding' [B,E], 'logits' [B,K] if a class head,
         'part_logits' [B,N,P] if a seg head}."""
         patches, centres = self.group(points)
         if self.seg_head is None or self.seg_encoder is not None:
             queries, tokens = self.encoder(patches, centres)
         else:
             queries, tokens, layers = self.encoder(patches, centres, return_layers=self.seg_head.layers)
-        out = {"embedding": self.text_embedding(queries), "shape_embedding": self.shape_embedding(queries, tokens)}
+        out = {"shape_embedding": self.shape_embedding(queries, tokens)}
+        embedding = self.text_embedding(queries)
+        if embedding is not None:
+            out["embedding"] = embedding
         if self.cls_head is not None:
             out["logits"] = self.head_logits(queries, tokens)
         if self.seg_encoder is not None:

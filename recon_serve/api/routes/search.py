@@ -6,12 +6,12 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from recon_serve.api import schemas
-from recon_serve.api.inputs import read_input, run_shape, shape_vector, unit
-from recon_serve.api.state import AppState, get_state, require_read_key
+from recon_serve.api.inputs import read_input, run_shape, shape_vector, text_embedding
+from recon_serve.api.state import AppState, get_state, require_embedding, require_read_key
 from recon_serve.api.validation import as_filter, as_int, as_text
 from recon_serve.errors import BadRequest, NotFound
 
-router = APIRouter(prefix="/v1/search", responses=schemas.ERROR_RESPONSES, dependencies=[Depends(require_read_key)])
+router = APIRouter(prefix="/v1/search", responses=schemas.ERROR_RESPONSES, dependencies=[Depends(require_read_key), Depends(require_embedding)])
 MAX_K = 1000
 
 
@@ -44,7 +44,7 @@ async def search_shape(request: Request, state: AppState = Depends(get_state)):
     field = "shape" if "shape" in state.index.fields else "text"
     if inp.has_shape:
         _, out = await run_shape(state, inp)
-        vector = shape_vector(state, out) if field == "shape" else unit(out["embedding"])
+        vector = shape_vector(state, out) if field == "shape" else text_embedding(out)
         if vector is None:
             raise BadRequest("this model gives no shape embedding for the index's shape field; redeploy a model that does")
         return await _search(state, vector, k, filter, version=out.backend.version, field=field)

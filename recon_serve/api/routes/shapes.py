@@ -6,8 +6,8 @@ import torch
 from fastapi import APIRouter, Depends, Request, Response
 
 from recon_serve.api import schemas
-from recon_serve.api.inputs import read_input, run_shape, shape_vector, unit
-from recon_serve.api.state import AppState, get_state, require_api_key, require_read_key
+from recon_serve.api.inputs import read_input, run_shape, shape_vector, text_embedding, unit
+from recon_serve.api.state import AppState, get_state, require_api_key, require_embedding, require_read_key
 from recon_serve.api.validation import as_int, as_labels, as_metadata, as_text
 from recon_serve.calibration import DEFAULT_TEMPERATURE
 from recon_serve.errors import NotFound, UnknownLabelSet
@@ -69,7 +69,8 @@ async def segment(request: Request, state: AppState = Depends(get_state)):
             "part_names": list(names), "category": category, "model_version": out.backend.version}
 
 
-@router.post("/zero-shot", response_model=schemas.ZeroShotResponse, openapi_extra=schemas.shape_body(
+@router.post("/zero-shot", response_model=schemas.ZeroShotResponse, dependencies=[Depends(require_embedding)],
+             openapi_extra=schemas.shape_body(
     {"labels": {"type": "array", "items": {"type": "string"}, "example": ["chair", "table", "lamp"]}},
     json_required=("points", "labels")))
 async def zero_shot(request: Request, state: AppState = Depends(get_state)):
@@ -82,7 +83,7 @@ async def zero_shot(request: Request, state: AppState = Depends(get_state)):
     _, out = await run_shape(state, inp)
     with state.metrics.time_stage("text"):
         weights = await run_in_threadpool(state.text.label_weights, tuple(labels))
-    sims = weights @ unit(out["embedding"])
+    sims = weights @ text_embedding(out)
     temperature = out.backend.model_card.get("zero_shot_temperature") or DEFAULT_TEMPERATURE
     probs = _softmax(sims.astype(np.float64) / temperature)
     order = np.argsort(-sims)
@@ -90,12 +91,13 @@ async def zero_shot(request: Request, state: AppState = Depends(get_state)):
             "model_version": out.backend.version}
 
 
-@router.post("/embed", response_model=schemas.EmbedResponse, openapi_extra=schemas.shape_body())
+@router.post("/embed", response_model=schemas.EmbedResponse, dependencies=[Depends(require_embedding)],
+             openapi_extra=schemas.shape_body())
 async def embed(request: Request, state: AppState = Depends(get_state)):
     """Both embeddings of the shape: `embedding` (text-aligned) and `shape_embedding` (geometry), unit length."""
     inp = await read_input(request, state)
     _, out = await run_shape(state, inp)
-    e = unit(out["embedding"])
+    e = text_embedding(out)
     s = unit(out["shape_embedding"]) if "shape_embedding" in out else None
     return {"embedding": e.tolist(), "dim": int(e.shape[0]), "shape_embedding": None if s is None else s.tolist(),
             "shape_dim": None if s is None else int(s.shape[0]), "model_version": out.backend.version}
@@ -105,7 +107,8 @@ def _record(rec) -> dict:
     return {"id": rec.id, "metadata": rec.metadata, "model_version": rec.model_version, "added_at": rec.added_at}
 
 
-@router.post("/shapes", status_code=201, response_model=schemas.ShapeRecord, dependencies=[Depends(require_api_key)],
+@router.post("/shapes", status_code=201, response_model=schemas.ShapeRecord,
+             dependencies=[Depends(require_api_key), Depends(require_embedding)],
              openapi_extra=schemas.shape_body({"id": {"type": "string"}, "metadata": {"type": "object"}},
                                               json_required=("id", "points")))
 async def add_shape(request: Request, state: AppState = Depends(get_state)):
@@ -116,7 +119,7 @@ async def add_shape(request: Request, state: AppState = Depends(get_state)):
     shape_id = as_text(inp.get("id"), "id", 512, required=True)
     metadata = as_metadata(inp.get("metadata"))
     _, out = await run_shape(state, inp)
-    await run_in_threadpool(state.index.add, shape_id, unit(out["embedding"]), metadata, out.backend.version,
+    await run_in_threadpool(state.index.add, shape_id, text_embedding(out), metadata, out.backend.version,
                             shape_vector(state, out))
     return _record(state.index.get(shape_id))
 
