@@ -136,3 +136,26 @@ def test_slim_checkpoint_drops_the_decoder_and_keeps_outputs(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x)["logits"], model(x)["logits"])
     assert (tmp_path / "slim.pt").stat().st_size < (tmp_path / "full.pt").stat().st_size
+
+
+def test_patch_embedding_folds_batchnorm_in_eval_and_keeps_batch_statistics_in_training():
+    from recon_serve.model.recon import MiniPointNet
+
+    torch.manual_seed(4)
+    net = MiniPointNet(48)
+    for bn in (net.first_conv[1], net.second_conv[1]):
+        nn.init.normal_(bn.weight, 1, 0.2); nn.init.normal_(bn.bias, 0, 0.2)
+        bn.running_mean.normal_(0, 0.3); bn.running_var.uniform_(0.3, 2.0)
+    x = torch.rand(2, 8, 16, 3)
+
+    def unfused(p):  # the paper's order: [pooled, point] concatenated, every layer applied as is
+        f = net.first_conv(p.reshape(16, 16, 3))
+        f = torch.cat([f.max(1, keepdim=True).values.expand(-1, 16, -1), f], -1)
+        return net.second_conv(f).max(1).values.reshape(2, 8, 48)
+
+    net.eval()
+    with torch.no_grad():
+        assert (net(x) - unfused(x)).abs().max() <= 1e-5
+    net.train()
+    with torch.no_grad():
+        assert (net(x) - unfused(x)).abs().max() <= 1e-5  # batch statistics, not the running ones
