@@ -235,3 +235,19 @@ def test_tokenizer_gives_clips_ids_with_the_real_vocabulary():
         pytest.skip("CLIP's BPE vocabulary is not installed (it ships in the open_clip and clip packages)")
     ids = ClipTokenizer(vocab)(["a photo of a cat"])[0]
     assert ids[:7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407] and not ids[7:].any()
+
+
+def test_pretrain_layout_converts_to_the_same_model(zero_shot_files):
+    """ckpt-last.pth nests the encoder under MAE_encoder and carries the frozen CLIP towers; neither
+    may change the model."""
+    d, official, _ = zero_shot_files
+    sd = {("module." if k.startswith(("text_proj", "img_proj")) else "module.MAE_encoder.") + k: v
+          for k, v in official.state_dict().items()}
+    sd.update({"module.text_encoder.token_embedding.weight": torch.zeros(3, 4), "module.img_encoder.proj": torch.zeros(2)})
+    ckpt = convert_official({"base_model": sd}, config=d / "zeroshot.yaml")
+    from recon_serve.model.factory import model_from_checkpoint
+
+    a, b = model_from_checkpoint(ckpt), create_model(d / "zeroshot.pt")[0]
+    x = torch.from_numpy(clouds_near_origin(1))
+    with torch.no_grad():
+        assert torch.equal(a(x)["embedding"], b(x)["embedding"])

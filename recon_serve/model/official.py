@@ -64,7 +64,8 @@ def official_state_dict_to_ours(sd: dict) -> dict:
     """Map an official ReCon state dict (pretrain or fine-tune layout) onto our key names and shapes."""
     sd = {re.sub(r"^(module\.)?(base_model\.)?(module\.)?", "", k): v for k, v in sd.items()}
     sd = {k[len("MAE_encoder."):] if k.startswith("MAE_encoder.") else k: v for k, v in sd.items()}
-    sd = {k: v for k, v in sd.items() if not k.startswith(("text_encoder.", "img_encoder."))}  # frozen teachers
+    # the frozen teachers and the unused single-modal contrast head of a pretrain checkpoint
+    sd = {k: v for k, v in sd.items() if not k.startswith(("text_encoder.", "img_encoder.", "cls_proj.", "contrastive_head."))}
     out = {}
     for kind, names in _QUERY_KEYS.items():
         if all(n in sd for n in names):
