@@ -251,3 +251,15 @@ def test_pretrain_layout_converts_to_the_same_model(zero_shot_files):
     x = torch.from_numpy(clouds_near_origin(1))
     with torch.no_grad():
         assert torch.equal(a(x)["embedding"], b(x)["embedding"])
+
+
+def test_the_official_prompts_bound_a_requests_labels_by_their_encoding_work():
+    from recon_serve.api.state import TextEncoder
+    from recon_serve.api.validation import as_labels
+    from recon_serve.errors import BadRequest
+
+    ours, official = TextEncoder(), TextEncoder(prompts="recon-official")
+    assert ours.max_labels == 256 and official.max_labels == 2048 // 60 and official.chunk == 1
+    as_labels([f"l{i}" for i in range(34)], official.max_labels)
+    with pytest.raises(BadRequest, match="at most 34 labels"):
+        as_labels([f"l{i}" for i in range(35)], official.max_labels)

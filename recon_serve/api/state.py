@@ -25,8 +25,9 @@ class TextEncoder:
     first chunk a request's encoding is paced (it rests as long as each chunk took), so a long list
     takes at most about half the CPU the model needs for everyone else."""
 
-    CHUNK = 4  # labels per lock hold: 4 x 8 prompts
+    CHUNK_PROMPTS = 32  # prompts per lock hold: 4 labels x 8 templates (1 label with the official 60)
     PACE = 1.0  # rest per second of encoding, after a request's first chunk
+    PROMPT_BUDGET = 2048  # prompts one request may need encoded: 256 labels x 8 templates, 34 x the official 60
 
     def __init__(self, cache_size: int = 4096, tower: str = "minilm", prompts: str | None = None):
         from recon_serve.model.text import PROMPTS, parse_tower
@@ -34,6 +35,8 @@ class TextEncoder:
         self.tower = parse_tower(tower)
         self.prompts = prompts if prompts in PROMPTS else "recon-serve"
         self._templates, self._words = PROMPTS[self.prompts]
+        self.max_labels = max(1, self.PROMPT_BUDGET // len(self._templates))
+        self.chunk = max(1, self.CHUNK_PROMPTS // len(self._templates))  # labels per lock hold
         self._lock = threading.Lock()
         self._teacher = None
         self._labels: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -55,14 +58,14 @@ class TextEncoder:
         missing = list(dict.fromkeys(l for l in labels if l not in self._labels))
         if missing:
             teacher = self._get()
-            for i in range(0, len(missing), self.CHUNK):
-                chunk = missing[i : i + self.CHUNK]
+            for i in range(0, len(missing), self.chunk):
+                chunk = missing[i : i + self.chunk]
                 t0 = time.perf_counter()
                 with self._lock:
                     vectors = zero_shot_weights(teacher, chunk, self._templates, self._words).numpy()
                     for label, v in zip(chunk, vectors):
                         self._labels[label] = v
-                if i and i + self.CHUNK < len(missing):
+                if i and i + self.chunk < len(missing):
                     time.sleep((time.perf_counter() - t0) * self.PACE)
         with self._lock:
             out = []

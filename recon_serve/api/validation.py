@@ -118,8 +118,9 @@ def as_json_object(value, name: str) -> dict | None:
     return value
 
 
-def as_labels(value) -> list[str]:
-    """Zero-shot labels: a JSON list of strings, repeated form fields, or one form field holding a JSON list."""
+def as_labels(value, max_labels: int = MAX_LABELS) -> list[str]:
+    """Zero-shot labels: a JSON list of strings, repeated form fields, or one form field holding a JSON list.
+    `max_labels` is lower for prompt recipes with more prompts per label (the text encoder's work)."""
     if isinstance(value, str):
         value = [value]
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and value[0].lstrip().startswith("["):
@@ -127,8 +128,8 @@ def as_labels(value) -> list[str]:
     if (not isinstance(value, list) or len(value) == 0 or
             not all(isinstance(v, str) and v.strip() and len(v) <= MAX_LABEL_CHARS for v in value)):
         raise BadRequest(f"labels must be a non-empty list of non-empty strings (at most {MAX_LABEL_CHARS} characters each)")
-    if len(value) > MAX_LABELS:
-        raise BadRequest(f"at most {MAX_LABELS} labels, got {len(value)}")
+    if len(value) > max_labels:
+        raise BadRequest(f"at most {max_labels} labels with this model's prompts, got {len(value)}")
     total = sum(len(v) for v in value)
     if total > LABEL_BUDGET_CHARS:
         raise BadRequest(f"the labels hold {total:,} characters; a request may hold at most {LABEL_BUDGET_CHARS:,} "

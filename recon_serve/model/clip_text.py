@@ -162,7 +162,10 @@ class ClipTextTower(nn.Module):
         out = []
         for i in range(0, len(texts), batch_size):
             ids = self.tokenizer(list(texts[i : i + batch_size]), self.context)
-            x = self.token_embedding(ids) + self.positional_embedding
+            # attention is causal, so nothing after the end-of-text token reaches it: run only up to
+            # the batch's last one (prompts are ~10 of the 77 positions; exact, several times faster)
+            ids = ids[:, : int(ids.argmax(-1).max()) + 1]
+            x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]
             for blk in self.blocks:
                 x = blk(x)
             x = self.ln_final(x)

@@ -79,7 +79,7 @@ async def zero_shot(request: Request, state: AppState = Depends(get_state)):
     from starlette.concurrency import run_in_threadpool
 
     inp = await read_input(request, state)
-    labels = as_labels(inp.get("labels"))
+    labels = as_labels(inp.get("labels"), state.text.max_labels)
     _, out = await run_shape(state, inp)
     with state.metrics.time_stage("text"):
         weights = await run_in_threadpool(state.text.label_weights, tuple(labels))
