@@ -209,7 +209,7 @@ def _embed(args) -> int:
     try:
         report = embed_library(args.source, args.index, checkpoint=args.checkpoint, workers=args.workers,
                                engine=args.engine, metadata_csv=args.metadata, reindex=args.reindex,
-                               prune=args.prune, progress=not args.no_progress,
+                               prune=args.prune, progress=not args.no_progress, state_dir=args.state_dir,
                                options=JobOptions(n_points=args.n_points, up_axis=args.up_axis,
                                                   batch_size=args.batch_size))
     except (FileNotFoundError, ValueError) as e:
@@ -347,7 +347,8 @@ def main(argv=None) -> int:
     v = sub.add_parser("serve", help="run the HTTP server (settings also from RECON_* environment variables)")
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
-    v.add_argument("--index", help="shape index directory (default $RECON_INDEX_DIR or ./index)")
+    v.add_argument("--index", help="shape index directory, or milvus://host:19530 / milvus:///file.db "
+                   "(default $RECON_INDEX_DIR or ./index)")
     v.add_argument("--checkpoint", help="checkpoint or model repository (default: the shipped model)")
     v.add_argument("--backend", help="onnxruntime (default) | torch | Triton URL http://host:8000")
     v.add_argument("--max-batch", type=int, help="most shapes per model call")
@@ -362,7 +363,10 @@ def main(argv=None) -> int:
     v.set_defaults(fn=_serve)
     b = sub.add_parser("embed", help="embed a folder or list of shape files into a search index (resumable)")
     b.add_argument("source", nargs="?", help="folder (searched recursively) or a text file listing paths")
-    b.add_argument("--index", required=True, help="index directory (created if missing; the server's --index)")
+    b.add_argument("--index", required=True, help="index directory (created if missing; the server's --index), "
+                   "or a milvus:// URI")
+    b.add_argument("--state-dir", help="with a milvus:// index: where the resumable manifest and report go "
+                   "(default ./embed-state)")
     b.add_argument("--checkpoint", help="checkpoint or model repository (default: the shipped model)")
     b.add_argument("--workers", type=int, help="parallel workers (default: all cores)")
     b.add_argument("--engine", choices=("local", "ray"), default="local",

@@ -7,7 +7,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 from fastapi import Request
@@ -101,7 +100,7 @@ class AppState:
     def open(self) -> None:
         from recon_serve.backends import Batcher, load_backend
         from recon_serve.geometry.decode import Decoder
-        from recon_serve.index import ShapeIndex
+        from recon_serve.index import open_index
 
         s = self.settings
         self.backend = load_backend(s)
@@ -111,7 +110,7 @@ class AppState:
             self.close()
             raise
         self.batcher = Batcher(self.backend, s.max_batch, s.max_wait_ms, on_batch=self.metrics.on_batch)
-        self.index = ShapeIndex.for_model(Path(s.index_dir), self.backend.model_card, self.backend.version)
+        self.index = open_index(s.index_dir, self.backend.model_card, self.backend.version)
         self.decoder = Decoder(s.decode_limits, workers=s.decode_workers, max_jobs=s.decode_max_jobs,
                                max_rss_bytes=s.decode_max_rss_mb << 20)
         self.metrics.index_size.set_function(lambda: len(self.index) if self.index is not None else 0)

@@ -163,8 +163,9 @@ ENGINES = {"local": _local, "ray": _ray}
 
 def embed_library(source, index_dir, *, checkpoint=None, workers: int | None = None, engine: str = "local",
                   metadata_csv=None, reindex: bool = False, prune: bool = False, options: JobOptions = JobOptions(),
-                  progress: bool = True, cache_dir=None) -> dict:
-    """Embed every shape file of `source` into the index at `index_dir`; returns the report dict.
+                  progress: bool = True, cache_dir=None, state_dir=None) -> dict:
+    """Embed every shape file of `source` into the index at `index_dir` (a folder, or a milvus:// URI
+    whose manifest and report go to `state_dir`, default ./embed-state); returns the report dict.
 
     source None: the source (and CSV) the manifest recorded. reindex: embed everything again (after
     a model change). prune: drop ids whose files are gone from the source.
@@ -172,14 +173,16 @@ def embed_library(source, index_dir, *, checkpoint=None, workers: int | None = N
     from tqdm import tqdm
 
     from recon_serve.backends.ort_backend import OrtBackend
-    from recon_serve.index import ShapeIndex
+    from recon_serve.index import open_index
+    from recon_serve.index.milvus_index import is_milvus
     from recon_serve.model.factory import DEFAULT_CHECKPOINT
     from recon_serve.settings import Settings
 
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {sorted(ENGINES)}, not {engine!r}")
     t0 = time.time()
-    index_dir = Path(index_dir)
+    index_location = str(index_dir)
+    index_dir = Path(state_dir or "embed-state") if is_milvus(index_location) else Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(index_dir / MANIFEST_FILE)
     try:
@@ -206,7 +209,7 @@ def embed_library(source, index_dir, *, checkpoint=None, workers: int | None = N
         skips = [{i: done[i] for i, _ in c if i in done} for c in chunks]
         workers = max(1, workers or os.cpu_count() or 1)
         counts = {"embedded": 0, "skipped": 0, "failed": 0}
-        with ShapeIndex.for_model(index_dir, card, version) as index:
+        with open_index(index_location, card, version) as index:
             last_save = t_embed = time.time()
             bar = tqdm(total=len(files), unit="file", desc=f"embed ({engine}, {workers} worker{'s' * (workers > 1)})",
                        disable=not progress, smoothing=0.1)
@@ -242,7 +245,7 @@ def embed_library(source, index_dir, *, checkpoint=None, workers: int | None = N
             stale = {str(v): n for v, n in index.model_versions().items() if v != version}
         seconds = time.time() - t0
         errors = [e for e in manifest.errors() if e["id"] in by_id]
-        report = {"source": str(source), "index": str(index_dir), "engine": engine, "workers": workers,
+        report = {"source": str(source), "index": index_location, "engine": engine, "workers": workers,
                   "model_version": version, "files": len(files), **counts, "pruned": pruned,
                   "index_size": total, "stale_embeddings": stale, "seconds": round(seconds, 2),
                   "embed_seconds": round(embed_seconds, 2),  # workers' start-up included, the export not

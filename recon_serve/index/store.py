@@ -152,9 +152,7 @@ class ShapeIndex:
         metas = [None] * len(ids) if metadata is None else list(metadata)
         if len(metas) != len(ids):
             raise ValueError(f"{len(ids)} ids but {len(metas)} metadata entries")
-        for id_ in ids:
-            if not isinstance(id_, str) or not id_:
-                raise ValueError(f"ids must be non-empty strings, got {id_!r}")
+        check_ids(ids)
         encoded = [metadata_codec.encode(m) for m in metas]
         version = model_version if model_version is not None else self.settings.model_version
         keep = sorted({id_: i for i, id_ in enumerate(ids)}.values())
@@ -318,15 +316,7 @@ class ShapeIndex:
         return self.fields[field]
 
     def _prepare(self, vectors, n: int | None, field: str = TEXT) -> np.ndarray:
-        """Check shape and finiteness, then L2-normalise so inner product is cosine."""
-        dim = self._field_dim(field)
-        v = np.asarray(vectors, dtype=np.float32)
-        if v.ndim != 2 or v.shape[1] != dim or (n is not None and v.shape[0] != n):
-            raise ValueError(f"expected {n if n is not None else 'n'} x {dim} {field} vectors, got shape {v.shape}")
-        norms = np.linalg.norm(v, axis=1, keepdims=True)
-        if not np.all(np.isfinite(v)) or np.any(norms == 0):
-            raise ValueError("vectors must be finite and non-zero")
-        return np.ascontiguousarray(v / norms)
+        return unit_rows(vectors, n, self._field_dim(field), field)
 
     def _tombstone(self, conn, faiss_ids) -> None:
         """HNSW cannot remove: record the ids, inside the transaction that deletes their rows."""
@@ -440,6 +430,23 @@ class ShapeIndex:
             self._rebuild(fi.HNSW)
         self.save()
         return self._indexes
+
+
+def unit_rows(vectors, n: int | None, dim: int, field: str = TEXT) -> np.ndarray:
+    """Check shape and finiteness, then L2-normalise so inner product is cosine (every backend)."""
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim != 2 or v.shape[1] != dim or (n is not None and v.shape[0] != n):
+        raise ValueError(f"expected {n if n is not None else 'n'} x {dim} {field} vectors, got shape {v.shape}")
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    if not np.all(np.isfinite(v)) or np.any(norms == 0):
+        raise ValueError("vectors must be finite and non-zero")
+    return np.ascontiguousarray(v / norms)
+
+
+def check_ids(ids) -> None:
+    for id_ in ids:
+        if not isinstance(id_, str) or not id_:
+            raise ValueError(f"ids must be non-empty strings, got {id_!r}")
 
 
 def _no_hits(n: int):
