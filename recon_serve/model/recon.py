@@ -73,6 +73,9 @@ class _PointBN(nn.BatchNorm1d):
         return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
+PATCH_CHUNK = 128  # patches per mini-PointNet pass in eager inference (two shapes; see MiniPointNet.forward)
+
+
 class MiniPointNet(nn.Module):
     """Per-patch PointNet: shared MLP, max-pool, concat the pooled feature back, MLP, max-pool.
 
@@ -92,17 +95,26 @@ class MiniPointNet(nn.Module):
         a per-patch half (applied once per patch) and a per-point half: the same numbers as the
         concatenated form at a third less compute. In eval mode each BatchNorm is folded into the
         Linear before it (one pass over the largest activations less, and no fp32 round trip
-        between bf16 matmuls under autocast); training keeps the batch statistics."""
+        between bf16 matmuls under autocast); training keeps the batch statistics. Eager inference
+        runs PATCH_CHUNK patches at a time, so the [patches, points, 512] activations stay small
+        (fresh large buffers cost page faults on every call); each patch's numbers are its own."""
         B, G, S, _ = patches.shape
+        flat = patches.reshape(B * G, S, 3)
+        if self.training or torch.compiler.is_compiling() or len(flat) <= PATCH_CHUNK:
+            return self._embed(flat).reshape(B, G, self.out_dim)
+        return torch.cat([self._embed(c) for c in flat.split(PATCH_CHUNK)]).reshape(B, G, self.out_dim)
+
+    def _embed(self, patches: torch.Tensor) -> torch.Tensor:
+        """[P, S, 3] patches -> [P, out_dim]."""
         lin1, bn1, _, out1 = self.first_conv
         lin2, bn2, _, out2 = self.second_conv
         w1, b1 = _fold(lin1, bn1)
-        x = out1(_bn_relu(bn1, F.linear(patches.reshape(B * G, S, 3), w1, b1)))
+        x = out1(_bn_relu(bn1, F.linear(patches, w1, b1)))
         w2, b2 = _fold(lin2, bn2)
         h = x.shape[-1]
         pooled = F.linear(x.max(1, keepdim=True).values, w2[:, :h], b2)
         x = _bn_relu(bn2, F.linear(x, w2[:, h:]) + pooled)
-        return out2(x).max(1).values.reshape(B, G, self.out_dim)
+        return out2(x).max(1).values
 
 
 def _fold(lin: nn.Linear, bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
