@@ -260,23 +260,24 @@ def test_api_key_and_index_survive_restart(workdir):
 
 
 def test_server_on_a_milvus_index(workdir):
-    """`serve --index milvus://...`: the same library API on Milvus (Lite here; a cluster by URL)."""
+    """`serve --index milvus://...`: the same library API on Milvus (Lite here; a cluster by URL).
+    Reopening a collection is covered by tests/test_index_backends.py."""
     pytest.importorskip("milvus_lite")
     index, cache = f"milvus://{workdir}/milvus.db?collection=library", workdir / "cache"
     path = _modelnet("chair", 1)[0]
-    for restart in (False, True):
-        s = Server(workdir / "micro.pt", index, cache, workdir / "milvus.log")
-        try:
-            with ReconClient(s.url) as c:
-                if not restart:
-                    c.add_shape("a", path, metadata={"category": "chair"}, n_points=N)
-                    c.add_shape("b", _cloud(3), metadata={"category": "noise"}, n_points=N)
-                assert c.get_shape("a")["metadata"] == {"category": "chair"}
-                assert [h["id"] for h in c.search_shape(path, k=2, n_points=N)["hits"]][0] == "a"
-                assert {h["id"] for h in c.search_text("a chair", k=5, filter={"category": "noise"})["hits"]} == {"b"}
-                assert c.ready()["index_size"] == 2
-        finally:
-            s.stop()
+    s = Server(workdir / "micro.pt", index, cache, workdir / "milvus.log")
+    try:
+        with ReconClient(s.url) as c:
+            c.add_shape("a", path, metadata={"category": "chair"}, n_points=N)
+            c.add_shape("b", _cloud(3), metadata={"category": "noise"}, n_points=N)
+            assert c.get_shape("a")["metadata"] == {"category": "chair"}
+            assert [h["id"] for h in c.search_shape(path, k=2, n_points=N)["hits"]][0] == "a"
+            assert {h["id"] for h in c.search_text("a chair", k=5, filter={"category": "noise"})["hits"]} == {"b"}
+            assert c.ready()["index_size"] == 2
+            c.delete_shape("b")
+            assert c.ready()["index_size"] == 1
+    finally:
+        s.stop()
 
 
 # ------------------------------------------------------------------ in-process pieces
