@@ -124,9 +124,12 @@ def tower_space(teacher: str | None) -> str:
 def check_tower(card: dict, spec: TowerSpec) -> None:
     """Refuse to serve a model's text embedding with another tower; models without an embedding
     (labels only) need none."""
-    if not card.get("embedding_dim"):
-        return
-    need = tower_space(card.get("teacher"))
+    if card.get("embedding_dim"):
+        require_space(tower_space(card.get("teacher")), spec)
+
+
+def require_space(need: str, spec: TowerSpec) -> None:
+    """TowerMismatch, naming the setting to use, unless `spec` encodes into the space `need`."""
     if need != spec.space:
         hint = ("RECON_TEXT_TOWER=clip:ViT-B-32:/path/to/ViT-B-32.pt (OpenAI's or open_clip's weights file)"
                 if need.startswith("clip:") else "RECON_TEXT_TOWER=minilm (the default)")
@@ -153,7 +156,7 @@ def text_side(ckpt: dict, teacher=None):
     spec = parse_tower(os.environ.get("RECON_TEXT_TOWER"))
     if tower_space(ckpt.get("teacher")) == DEFAULT_TEACHER:
         spec = TowerSpec("minilm")
-    check_tower({"embedding_dim": 1, "teacher": ckpt.get("teacher")}, spec)
+    require_space(tower_space(ckpt.get("teacher")), spec)
     return load_tower(spec), templates, words
 
 
