@@ -89,6 +89,34 @@ def test_filter_is_exact(tmp_path):
     ix.close()
 
 
+def test_filters_follow_upserts_and_removes_and_old_indexes_gain_tags(tmp_path):
+    """Filters read the tags table the triggers keep; an index written before it is backfilled on open."""
+    import sqlite3
+
+    dim = 8
+    path = tmp_path / "ix"
+    vecs = random_unit(6, dim, seed=3)
+    ix = ShapeIndex(path, dim=dim)
+    ix.add_many([f"s{i}" for i in range(6)], vecs,
+                [{"cat": "a", "n": 1}, {"cat": "a", "n": 1.0}, {"cat": "b", "n": True}, {"cat": "b", "n": None},
+                 {"cat": "a", "n": "1"}, {"cat": ["a"], "n": 2}])
+    ix.add("s1", vecs[1], {"cat": "b", "n": 1})  # upsert moves s1 from a to b
+    ix.remove("s0")
+    match = lambda f: sorted(h.id for h in ix.search(vecs[0], k=10, filter=f))  # noqa: E731
+    assert match({"cat": "a"}) == ["s4"]  # a list value never equals a scalar
+    assert match({"cat": "b", "n": 1}) == ["s1"]  # True and "1" are other JSON types
+    assert match({"cat": ["a", "b"], "n": [None, True]}) == ["s2", "s3"]
+    ix.close()
+
+    conn = sqlite3.connect(path / "shapes.sqlite")  # as an index from before the tags table
+    conn.executescript("DROP TRIGGER shapes_tag; DROP TRIGGER shapes_untag; DROP TRIGGER shapes_retag; "
+                       "DROP TABLE tags; PRAGMA user_version = 0;")
+    conn.close()
+    ix = ShapeIndex.open(path)
+    assert match({"cat": "b", "n": 1}) == ["s1"] and match({"n": 2}) == ["s5"]
+    ix.close()
+
+
 def test_persistence_across_reopen(tmp_path):
     path = tmp_path / "ix"
     vectors = random_unit(100, 8, seed=2)

@@ -30,7 +30,25 @@ CREATE TABLE IF NOT EXISTS shapes (
 CREATE INDEX IF NOT EXISTS shapes_model_version ON shapes(model_version);
 -- faiss ids still inside an HNSW index but no longer live (HNSW has no remove_ids).
 CREATE TABLE IF NOT EXISTS tombstones (faiss_id INTEGER PRIMARY KEY);
+-- Top-level scalar metadata values, kept by triggers, so a filter is an index lookup instead
+-- of parsing every row's JSON (1.9 s at a million shapes). `type` is json_each's JSON type.
+CREATE TABLE IF NOT EXISTS tags (faiss_id INTEGER NOT NULL, key TEXT NOT NULL, type TEXT NOT NULL, value);
+CREATE INDEX IF NOT EXISTS tags_lookup ON tags(key, value, type);
+CREATE INDEX IF NOT EXISTS tags_shape ON tags(faiss_id);
+CREATE TRIGGER IF NOT EXISTS shapes_tag AFTER INSERT ON shapes BEGIN
+    INSERT INTO tags SELECT NEW.faiss_id, j.key, j.type, j.value FROM json_each(NEW.metadata) AS j
+    WHERE j.type NOT IN ('array', 'object');
+END;
+CREATE TRIGGER IF NOT EXISTS shapes_untag AFTER DELETE ON shapes BEGIN
+    DELETE FROM tags WHERE faiss_id = OLD.faiss_id;
+END;
+CREATE TRIGGER IF NOT EXISTS shapes_retag AFTER UPDATE OF metadata ON shapes BEGIN
+    DELETE FROM tags WHERE faiss_id = OLD.faiss_id;
+    INSERT INTO tags SELECT NEW.faiss_id, j.key, j.type, j.value FROM json_each(NEW.metadata) AS j
+    WHERE j.type NOT IN ('array', 'object');
+END;
 """
+TAGS_VERSION = 1  # PRAGMA user_version once the tags of rows written before the tags table exist
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -42,6 +60,12 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.executescript(SCHEMA)
     if "shape_vector" not in {r[1] for r in conn.execute("PRAGMA table_info(shapes)")}:  # an index from before shape vectors
         conn.execute("ALTER TABLE shapes ADD COLUMN shape_vector BLOB")
+    if conn.execute("PRAGMA user_version").fetchone()[0] < TAGS_VERSION:  # an index from before tags
+        with transaction(conn):
+            conn.execute("DELETE FROM tags")
+            conn.execute("INSERT INTO tags SELECT s.faiss_id, j.key, j.type, j.value FROM shapes AS s, "
+                         "json_each(s.metadata) AS j WHERE j.type NOT IN ('array', 'object')")
+            conn.execute(f"PRAGMA user_version = {TAGS_VERSION}")
     return conn
 
 
@@ -67,28 +91,33 @@ def decode_vectors(blobs, dim: int) -> np.ndarray:
 
 
 def filter_sql(filter: dict) -> tuple[str, list]:
-    """WHERE clause for equality on top-level metadata keys; a list means "any of these".
+    """A query of the faiss ids whose metadata matches: equality on top-level keys, a list meaning "any of these".
 
     Types are compared as JSON types, so True does not match 1 and None matches only an explicit
-    null (a missing key matches nothing). Runs in SQLite via json_each, so no key escaping.
+    null (a missing key matches nothing). Each alternative is one lookup in the tags index; keys
+    intersect.
     """
     check_filter(filter)
-    clauses, params = [], []
+    per_key, params = [], []
     for key, wanted in filter.items():
         values = list(wanted) if isinstance(wanted, (list, tuple, set, frozenset)) else [wanted]
         if not values:  # empty list of allowed values: nothing can match
-            return "0", []
-        # one IN (...) per JSON type keeps the expression shallow however many values are listed
+            return "SELECT faiss_id FROM tags WHERE 0", []
         texts = [v for v in values if isinstance(v, str)]
         numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        bools = sorted({v for v in values if isinstance(v, bool)})
-        alternatives = (["j.type = 'null'"] if any(v is None for v in values) else []) + \
-            [f"j.type = '{'true' if b else 'false'}'" for b in bools]
+        lookups = []  # (condition on value and type, its parameters)
+        if any(v is None for v in values):
+            lookups.append(("value IS NULL AND type = 'null'", []))
+        lookups += [(f"value = {int(b)} AND type = '{'true' if b else 'false'}'", [])
+                    for b in sorted({v for v in values if isinstance(v, bool)})]
         if numbers:
-            alternatives.append(f"(j.type IN ('integer', 'real') AND j.value IN ({','.join('?' * len(numbers))}))")
+            lookups.append((f"value IN ({','.join('?' * len(numbers))}) AND type IN ('integer', 'real')", numbers))
         if texts:
-            alternatives.append(f"(j.type = 'text' AND j.value IN ({','.join('?' * len(texts))}))")
-        clauses.append("EXISTS (SELECT 1 FROM json_each(shapes.metadata) AS j WHERE j.key = ? AND ("
-                       + " OR ".join(alternatives) + "))")
-        params.extend([key, *numbers, *texts])
-    return (" AND ".join(clauses) or "1"), params
+            lookups.append((f"value IN ({','.join('?' * len(texts))}) AND type = 'text'", texts))
+        union = " UNION ".join(f"SELECT faiss_id FROM tags WHERE key = ? AND {cond}" for cond, _ in lookups)
+        per_key.append(f"SELECT faiss_id FROM ({union})")  # compound operators do not nest without a subquery
+        for _, p in lookups:
+            params += [key, *p]
+    if not per_key:
+        return "SELECT faiss_id FROM shapes", []
+    return " INTERSECT ".join(per_key), params

@@ -73,22 +73,28 @@ def search(index, queries: np.ndarray, k: int, ef_search: int = 64, exclude=None
     return index.search(queries, k, params=params)
 
 
-def exact_search(index: faiss.IndexIDMap2, queries: np.ndarray, k: int, allowed: np.ndarray):
+def exact_search(index: faiss.IndexIDMap2, queries: np.ndarray, k: int, allowed: np.ndarray, chunk: int = 65_536):
     """Exact top-k restricted to ``allowed`` ids, whatever the index kind.
 
-    Scans the flat vector storage (the flat index itself, or HNSW's ``storage``) with a bitmap
-    selector over storage positions, then maps positions back to ids. HNSW's own filtered
-    traversal is skipped on purpose: with a selective filter it can miss the best match.
+    Reads the allowed vectors by id (the id map's reverse table) a chunk at a time and scores them
+    with one matmul each, so the cost follows the number of matches, not the index size.
+    HNSW's own filtered traversal is skipped on purpose: with a selective filter it can miss the
+    best match.
     """
-    inner = faiss.downcast_index(index.index)
-    storage = inner.storage if isinstance(inner, faiss.IndexHNSW) else inner
-    id_map = ids_of(index)
-    mask = np.isin(id_map, allowed)
-    bits = np.packbits(mask, bitorder="little")
-    sel = faiss.IDSelectorBitmap(bits)  # the wrapper keeps ``bits`` alive
-    scores, pos = storage.search(queries, k, params=faiss.SearchParameters(sel=sel))
-    labels = np.where(pos >= 0, id_map[np.clip(pos, 0, None)], -1)
-    return scores, labels
+    allowed = np.asarray(allowed, dtype=np.int64)
+    k = min(k, len(allowed))
+    best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(queries), 0), dtype=np.int64)
+    for start in range(0, len(allowed), chunk):
+        ids = allowed[start:start + chunk]
+        scores = queries @ index.reconstruct_batch(ids).T
+        best_s = np.concatenate([best_s, scores], axis=1)
+        best_i = np.concatenate([best_i, np.broadcast_to(ids, scores.shape)], axis=1)
+        if best_s.shape[1] > k:
+            top = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
+            best_s, best_i = np.take_along_axis(best_s, top, 1), np.take_along_axis(best_i, top, 1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
 
 
 def write_atomic(index: faiss.Index, path: Path) -> None:

@@ -277,10 +277,9 @@ class ShapeIndex:
         """Nearest shapes by cosine in ``field``. ``query`` [dim] gives a list of hits, [n, dim] a list per row.
 
         ``filter`` maps top-level metadata keys to a value or a list of allowed values. Filtered
-        searches are exact: SQLite selects the matching faiss ids, and FAISS scans only those
-        vectors (bitmap selector over the flat storage, in HNSW mode too). Over-fetching from an
-        approximate index can miss the best match when few shapes pass the filter; the SQL
-        filter already costs a pass over the rows, so the exact scan is of the same order.
+        searches are exact: SQLite's tags index selects the matching faiss ids, and only those
+        vectors are scored (in HNSW mode too), so the cost follows the number of matches.
+        Over-fetching from an approximate index could miss the best match when few shapes pass.
         """
         if k <= 0:
             raise ValueError("k must be positive")
@@ -290,11 +289,11 @@ class ShapeIndex:
         with self._lock:
             index = self._indexes[field]
             if filter:
-                where, params = db.filter_sql(filter)
-                allowed = np.array(
-                    [r[0] for r in self._db.execute(f"SELECT faiss_id FROM shapes WHERE {where}", params)],
-                    dtype=np.int64,
-                )
+                query_ids, params = db.filter_sql(filter)
+                if field != TEXT:  # shapes added before the index had this field have no vector in it
+                    query_ids = (f"SELECT faiss_id FROM shapes WHERE faiss_id IN ({query_ids}) "
+                                 f"AND {_COLUMN[field]} IS NOT NULL")
+                allowed = np.array([r[0] for r in self._db.execute(query_ids, params)], dtype=np.int64)
                 scores, labels = (fi.exact_search(index, queries, min(k, len(allowed)), allowed)
                                   if len(allowed) else _no_hits(len(queries)))
             elif len(self):
