@@ -8,6 +8,7 @@
     recon-serve export [CHECKPOINT] --out DIR [--mode auto|custom_op|pure]
     recon-serve check-export DIR --json FILE [--checkpoint CKPT]
     recon-serve serve [--host H] [--port P] [--index DIR] [--checkpoint PATH] [--backend onnxruntime|torch|URL]
+                      [--backend torch --device cuda [--bf16]]
     recon-serve embed [SOURCE] --index DIR [--workers N] [--engine local|ray] [--metadata CSV] [--reindex]
     recon-serve retrain DATA --out DIR [--repo DIR] [--epochs N]       (runs `recon-train retrain`)
     recon-serve deploy CANDIDATE --repo DIR [--server URL] [--force]
@@ -192,7 +193,8 @@ def _serve(args) -> int:
     settings = Settings.from_env(checkpoint=args.checkpoint, backend=args.backend, index_dir=args.index,
                                  max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, api_keys=args.api_keys,
                                  read_keys=args.read_keys, cors_origins=args.cors_origins,
-                                 threads=args.threads, cache_dir=args.cache_dir, text_tower=args.text_tower)
+                                 threads=args.threads, cache_dir=args.cache_dir, text_tower=args.text_tower,
+                                 device=args.device, bf16=args.bf16)
     from recon_serve.api.protocol import protocol_class
 
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
@@ -357,6 +359,8 @@ def main(argv=None) -> int:
     v.add_argument("--read-keys", help="comma-separated keys; reading records and search then need X-API-Key")
     v.add_argument("--cors-origins", help="comma-separated browser origins allowed to call the API")
     v.add_argument("--threads", type=int, help="intra-op threads for the backend")
+    v.add_argument("--device", help="torch backend's device: cpu (default) | cuda | cuda:N")
+    v.add_argument("--bf16", action="store_true", default=None, help="torch backend on CUDA: bf16 autocast")
     v.add_argument("--cache-dir", help="exported ONNX cache (default ~/.cache/recon-serve/onnx)")
     v.add_argument("--text-tower", help="minilm (default) | clip:ARCH:PATH, e.g. clip:ViT-B-32:/models/ViT-B-32.pt")
     v.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

@@ -19,6 +19,8 @@ environment once, and `replace(**overrides)` applies command-line flags on top.
                             POSTs and DELETEs carrying another Origin header get 403)
     RECON_HEADER_TIMEOUT_S, RECON_BODY_TIMEOUT_S   a request's head / body must arrive within these
     RECON_THREADS           intra-op threads for torch / ONNX Runtime (default: library default)
+    RECON_DEVICE            torch backend's device: cpu (default) | cuda | cuda:N
+    RECON_BF16              1: the torch backend on CUDA runs under bf16 autocast (default 0: fp32)
     RECON_TEXT_TOWER        minilm (default) | clip:ARCH:PATH (CLIP's text tower from a local weights file,
                             e.g. clip:ViT-B-32:/models/ViT-B-32.pt; the official ReCon checkpoints need it)
 """
@@ -60,6 +62,8 @@ class Settings:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     threads: int | None = None
+    device: str = "cpu"
+    bf16: bool = False
     text_tower: str = "minilm"
 
     @classmethod
@@ -89,6 +93,7 @@ class Settings:
 _INTS = {"max_upload_bytes", "max_points", "max_faces", "decode_workers", "decode_max_jobs", "decode_max_rss_mb", "max_sample_points", "max_batch", "threads"}
 _FLOATS = {"decode_timeout_s", "decode_cpu_s", "max_wait_ms", "header_timeout_s", "body_timeout_s"}
 _LISTS = {"api_keys", "read_keys", "cors_origins"}
+_BOOLS = {"bf16"}
 
 
 def _parse(name: str, raw: str):
@@ -99,6 +104,10 @@ def _parse(name: str, raw: str):
             return float(raw)
     except ValueError:
         raise ValueError(f"RECON_{name.upper()}={raw!r} is not a number") from None
+    if name in _BOOLS:
+        if raw.strip().lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(f"RECON_{name.upper()}={raw!r} is not a boolean (1/0, true/false)")
+        return raw.strip().lower() in ("1", "true", "yes")
     if name in _LISTS:
         return tuple(k.strip() for k in raw.split(",") if k.strip())
     return raw

@@ -11,10 +11,12 @@ def load_backend(settings, reload: bool = False) -> Backend:
 
     checkpoint = settings.checkpoint or str(DEFAULT_CHECKPOINT)
     kind = settings.backend
+    if kind != "torch" and (settings.device != "cpu" or settings.bf16):
+        raise ValueError(f"--device / --bf16 (RECON_DEVICE / RECON_BF16) apply to the torch backend, not {kind!r}")
     if kind == "torch":
         from recon_serve.backends.torch_backend import TorchBackend
 
-        return TorchBackend(checkpoint, threads=settings.threads)
+        return TorchBackend(checkpoint, threads=settings.threads, device=settings.device, bf16=settings.bf16)
     if kind in ("onnxruntime", "ort"):
         from recon_serve.backends.ort_backend import OrtBackend
 

@@ -8,7 +8,8 @@ is checked against. They are batched and deterministic: FPS starts at a given in
 `group()` is what the model calls. For ONNX export, `grouping_mode(...)` swaps the FPS/kNN it uses:
 "scan" (FPS as a torch scan, so the ONNX graph holds one Scan instead of npoint unrolled steps) or
 "custom_op" (the `recon_serve::` torch custom ops, exported as custom-domain ONNX nodes). Training
-and eager inference keep the reference.
+and eager inference keep the reference; on a CUDA tensor `fps_indices` / `knn_indices` hand it to
+recon_serve's CUDA kernels (ops/cuda_ops.py: same indices, one launch) when their extension builds.
 """
 from __future__ import annotations
 
@@ -94,6 +95,31 @@ def knn(k: int, xyz: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     return square_distance(query, xyz).topk(k, dim=-1, largest=False, sorted=True).indices
 
 
+def _cuda_ops(x: torch.Tensor):
+    """recon_serve.ops.cuda_ops when it can take x (a float32 CUDA tensor, extension built), else None."""
+    if not x.is_cuda:  # CPU tensors never reach the import: the CPU path stays exactly the reference
+        return None
+    from recon_serve.ops import cuda_ops
+
+    return cuda_ops if cuda_ops.supports(x) else None
+
+
+def fps_indices(xyz: torch.Tensor, npoint: int, skip_origin: bool = False) -> torch.Tensor:
+    """farthest_point_sample from index 0 on the fastest exact path for xyz's device."""
+    ops = _cuda_ops(xyz)
+    if ops is not None and npoint <= xyz.shape[1]:
+        return ops.farthest_point_sample(xyz, npoint, skip_origin=skip_origin)
+    return farthest_point_sample(xyz, npoint, skip_origin=skip_origin)
+
+
+def knn_indices(k: int, xyz: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """knn on the fastest exact path for the tensors' device."""
+    ops = _cuda_ops(xyz)
+    if ops is not None and k <= min(ops.MAX_K, xyz.shape[1]) and query.dtype == xyz.dtype and query.device == xyz.device:
+        return ops.knn(k, xyz, query)
+    return knn(k, xyz, query)
+
+
 def gather_points(xyz: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """xyz [B, N, C] indexed by idx [B, ...] -> [B, ..., C]."""
     B = xyz.shape[0]
@@ -136,9 +162,9 @@ def _select(xyz: torch.Tensor, num_group: int, group_size: int, skip_origin: boo
     if _mode == "scan":
         centre_idx = farthest_point_sample_scan(xyz, num_group, skip_origin=skip_origin)
     else:
-        centre_idx = farthest_point_sample(xyz, num_group, skip_origin=skip_origin)
+        centre_idx = fps_indices(xyz, num_group, skip_origin=skip_origin)
     centres = gather_points(xyz, centre_idx)
-    return centre_idx, centres, knn(group_size, xyz, centres)
+    return centre_idx, centres, knn_indices(group_size, xyz, centres)
 
 
 def group(xyz: torch.Tensor, num_group: int, group_size: int, skip_origin: bool = False):
