@@ -14,19 +14,18 @@ import re
 import time
 from pathlib import Path
 
-from recon_serve.export.triton_repo import ONNX_MODEL, PYTHON_MODEL, latest_version
+from recon_serve.export.triton_repo import ONNX_MODEL, PYTHON_MODEL, TRT_MODEL, latest_version, version_dirs
 
 STATE_FILE = "deployments.json"
 _POLICY = re.compile(r"^version_policy:.*\n?", re.M)
 
 
 def _configs(repo: Path) -> list[Path]:
-    return [repo / m / "config.pbtxt" for m in (PYTHON_MODEL, ONNX_MODEL) if (repo / m / "config.pbtxt").is_file()]
+    return [repo / m / "config.pbtxt" for m in (PYTHON_MODEL, ONNX_MODEL, TRT_MODEL) if (repo / m / "config.pbtxt").is_file()]
 
 
 def versions(repo) -> list[int]:
-    d = Path(repo) / PYTHON_MODEL
-    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()) if d.is_dir() else []
+    return sorted(int(p.name) for p in version_dirs(Path(repo) / PYTHON_MODEL))
 
 
 def current_version(repo) -> int:
