@@ -43,7 +43,8 @@ def head_columns(model_classes, benchmark_classes) -> list[int] | None:
     return None if any(c is None for c in cols) else cols
 
 
-def evaluate_benchmark(model, ckpt: dict, benchmark: str, root=None, votes: int = 10, teacher=None) -> dict:
+def evaluate_benchmark(model, ckpt: dict, benchmark: str, root=None, votes: int = 10, teacher=None, backend=None) -> dict:
+    """`backend` (e.g. an OrtBackend): its outputs are scored instead of the torch model's."""
     points, labels, classes, split = benchmark_split(benchmark, root)
     words = [canonical(c) for c in classes]
     K = len(classes)
@@ -52,7 +53,7 @@ def evaluate_benchmark(model, ckpt: dict, benchmark: str, root=None, votes: int 
     if model.cls_head is not None and cols is None:
         missing = sorted(set(words) - {canonical(n) for n in ckpt.get("class_names") or []})
         raise ValueError(f"the model's classes lack {missing[:8]} of {benchmark}; it cannot be scored on it")
-    out = encode(model, points, votes=votes)
+    out = encode(model, points, votes=votes, backend=backend)
     if cols is not None:
         n_head = out["probs"].shape[1]
         r["restriction"] = f"logits restricted to the {K} benchmark classes among the head's {n_head}"
@@ -60,7 +61,7 @@ def evaluate_benchmark(model, ckpt: dict, benchmark: str, root=None, votes: int 
         r["oa_unrestricted"] = float((out["probs"].argmax(1) == np.array(cols)[labels]).mean() * 100)
         if votes > 1:
             r["oa_vote"], r["macc_vote"] = accuracy_report(out["vote:probs"][:, cols].argmax(1), labels, K)
-            r["vote_precision"] = "bf16" if cpu_has_fast_bf16() else "fp32"  # the extra copies (encode)
+            r["vote_precision"] = "bf16" if cpu_has_fast_bf16() and backend is None else "fp32"  # the extra copies (encode)
     else:
         r["restriction"] = "no classification head: zero-shot only"
     if "embedding" in out:  # labels-only models (official fine-tune checkpoints) have no zero-shot

@@ -1,6 +1,7 @@
 """`recon-serve`: the command line of the package.
 
-    recon-serve eval [--benchmark modelnet40|modelnet10] [--checkpoint PATH] [--data DIR] [--votes N] --json FILE
+    recon-serve eval [--benchmark modelnet40|modelnet10] [--checkpoint PATH] [--data DIR] [--votes N]
+                     [--runtime torch|onnxruntime [--int8]] --json FILE
     recon-serve eval-retrieval --data DIR_OR_NPZ [--checkpoint PATH] [--shape-embeddings max,mean_max] --json FILE
     recon-serve eval-seg [--checkpoint PATH] --json FILE
     recon-serve info [--checkpoint PATH]
@@ -8,7 +9,7 @@
     recon-serve export [CHECKPOINT] --out DIR [--mode auto|custom_op|pure]
     recon-serve check-export DIR --json FILE [--checkpoint CKPT]
     recon-serve serve [--host H] [--port P] [--index DIR] [--checkpoint PATH] [--backend onnxruntime|torch|URL]
-                      [--backend torch --device cuda [--bf16]]
+                      [--backend torch --device cuda [--bf16]] [--int8]
     recon-serve embed [SOURCE] --index DIR [--workers N] [--engine local|ray] [--metadata CSV] [--reindex]
     recon-serve retrain DATA --out DIR [--repo DIR] [--epochs N]       (runs `recon-train retrain`)
     recon-serve deploy CANDIDATE --repo DIR [--server URL] [--force]
@@ -35,19 +36,32 @@ def _eval(args) -> int:
     from recon_serve.model.factory import DEFAULT_CHECKPOINT, create_model
 
     ckpt_path = args.checkpoint or DEFAULT_CHECKPOINT
+    if args.int8 and args.runtime != "onnxruntime":
+        print("error: --int8 needs --runtime onnxruntime", file=sys.stderr)
+        return 2
     t0 = time.time()
     model, ckpt = create_model(ckpt_path)
+    backend = None
+    if args.runtime == "onnxruntime":  # the graph the server runs for classify: the global one, fp32 or int8
+        from recon_serve.backends.ort_backend import OrtBackend
+        from recon_serve.settings import Settings
+
+        backend = OrtBackend(ckpt_path, Settings.from_env().cache_dir, threads=args.threads, int8=args.int8)
     try:
-        result = evaluate_benchmark(model, ckpt or {}, args.benchmark, args.data, votes=args.votes)
+        result = evaluate_benchmark(model, ckpt or {}, args.benchmark, args.data, votes=args.votes, backend=backend)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result.update(checkpoint=str(ckpt_path), seconds=round(time.time() - t0, 1))
+    finally:
+        if backend is not None:
+            backend.close()
+    result.update(checkpoint=str(ckpt_path), runtime=args.runtime + (" int8" if args.int8 else ""),
+                  seconds=round(time.time() - t0, 1))
     rows = [("overall accuracy (OA)", result.get("oa")), ("mean class accuracy", result.get("macc")),
             (f"OA with {result['votes']} votes", result.get("oa_vote")),
             ("zero-shot / text-prompted OA", result.get("zero_shot_oa")),
             ("zero-shot mean class acc", result.get("zero_shot_macc"))]
-    print(f"{result['split']}, {result['n']} shapes ({result['restriction']})")
+    print(f"{result['split']}, {result['n']} shapes ({result['restriction']}; {result['runtime']})")
     for name, v in rows:
         if v is not None:
             print(f"  {name:<32} {v:6.2f} %")
@@ -194,7 +208,7 @@ def _serve(args) -> int:
                                  max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, api_keys=args.api_keys,
                                  read_keys=args.read_keys, cors_origins=args.cors_origins,
                                  threads=args.threads, cache_dir=args.cache_dir, text_tower=args.text_tower,
-                                 device=args.device, bf16=args.bf16)
+                                 device=args.device, bf16=args.bf16, int8=args.int8)
     from recon_serve.api.protocol import protocol_class
 
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
@@ -300,6 +314,10 @@ def main(argv=None) -> int:
     e.add_argument("--checkpoint", help="checkpoint (default: the shipped model)")
     e.add_argument("--data", help="data root (default $RECON_DATA or ../shared/data)")
     e.add_argument("--votes", type=int, default=10, help="votes for oa_vote (the paper's protocol: 10); 1 skips it")
+    e.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="torch eager (default) or the ONNX Runtime graph the server runs")
+    e.add_argument("--int8", action="store_true", help="with --runtime onnxruntime: the int8 graph (RECON_INT8)")
+    e.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own)")
     e.add_argument("--json", help="write the figures here")
     e.set_defaults(fn=_eval)
     rt = sub.add_parser("eval-retrieval", help="leave-one-out retrieval (PSB measures), text search, zero-shot, D2 baseline")
@@ -361,6 +379,8 @@ def main(argv=None) -> int:
     v.add_argument("--threads", type=int, help="intra-op threads for the backend")
     v.add_argument("--device", help="torch backend's device: cpu (default) | cuda | cuda:N")
     v.add_argument("--bf16", action="store_true", default=None, help="torch backend on CUDA: bf16 autocast")
+    v.add_argument("--int8", action="store_true", default=None,
+                   help="onnxruntime backend: int8 global graph (all endpoints but /v1/segment)")
     v.add_argument("--cache-dir", help="exported ONNX cache (default ~/.cache/recon-serve/onnx)")
     v.add_argument("--text-tower", help="minilm (default) | clip:ARCH:PATH, e.g. clip:ViT-B-32:/models/ViT-B-32.pt")
     v.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

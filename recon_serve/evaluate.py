@@ -13,19 +13,28 @@ from recon_serve.runtime import autocast_context
 
 @torch.no_grad()
 def encode(model, points: np.ndarray, batch_size: int = 128, votes: int = 1, seed: int = 0,
-           shape_kinds: tuple[str, ...] = (), bf16_votes: bool | None = None) -> dict:
+           shape_kinds: tuple[str, ...] = (), bf16_votes: bool | None = None, backend=None) -> dict:
     """Model outputs for normalised clouds [N,P,3]: 'probs' [N,K] (softmax, if a class head),
     'embedding' [N,D], 'shape_embedding' [N,E], and 'shape:<kind>' for each extra pooling in
     `shape_kinds`, all from the plain copy in fp32 (the numbers the exported model gives).
     votes>1 also returns 'vote:<key>': the average over the plain copy and votes-1 copies of the
     paper's voting (random point order, per-axis scale 0.8..1.25). The extra copies run under bf16
     autocast where the CPU does bf16 fast (bf16_votes=None; about 2.5x faster on AMX), so a 10-vote
-    ModelNet40 run stays within minutes; voting is a protocol figure, not what the server answers."""
+    ModelNet40 run stays within minutes; voting is a protocol figure, not what the server answers.
+    With `backend` (a recon_serve Backend: ONNX Runtime, fp32 or int8) every copy runs there instead,
+    as the server would run it; `shape_kinds` then has to be empty."""
+    if backend is not None and shape_kinds:
+        raise ValueError("extra shape poolings (shape_kinds) need the torch model, not a backend")
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, list] = {}
 
     def run(xv) -> dict:
+        if backend is not None:
+            res = {k: torch.from_numpy(v) for k, v in backend.infer(xv.numpy()).items()}
+            if "logits" in res:
+                res["probs"] = res.pop("logits").softmax(-1)
+            return {k: t.float() for k, t in res.items() if k in ("shape_embedding", "embedding", "probs")}
         patches, centres = model.group(xv)
         queries, tokens = model.encoder(patches, centres)
         res = {"shape_embedding": model.shape_embedding(queries, tokens)}

@@ -21,6 +21,8 @@ environment once, and `replace(**overrides)` applies command-line flags on top.
     RECON_THREADS           intra-op threads for torch / ONNX Runtime (default: library default)
     RECON_DEVICE            torch backend's device: cpu (default) | cuda | cuda:N
     RECON_BF16              1: the torch backend on CUDA runs under bf16 autocast (default 0: fp32)
+    RECON_INT8              1: the onnxruntime backend's global graph (all but /v1/segment) is int8
+                            (dynamic quantisation of MatMul/Gemm weights; default 0: fp32)
     RECON_TEXT_TOWER        minilm (default) | clip:ARCH:PATH (CLIP's text tower from a local weights file,
                             e.g. clip:ViT-B-32:/models/ViT-B-32.pt; the official ReCon checkpoints need it)
 """
@@ -64,6 +66,7 @@ class Settings:
     threads: int | None = None
     device: str = "cpu"
     bf16: bool = False
+    int8: bool = False
     text_tower: str = "minilm"
 
     @classmethod
@@ -93,7 +96,7 @@ class Settings:
 _INTS = {"max_upload_bytes", "max_points", "max_faces", "decode_workers", "decode_max_jobs", "decode_max_rss_mb", "max_sample_points", "max_batch", "threads"}
 _FLOATS = {"decode_timeout_s", "decode_cpu_s", "max_wait_ms", "header_timeout_s", "body_timeout_s"}
 _LISTS = {"api_keys", "read_keys", "cors_origins"}
-_BOOLS = {"bf16"}
+_BOOLS = {"bf16", "int8"}
 
 
 def _parse(name: str, raw: str):

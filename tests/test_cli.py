@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -11,8 +12,9 @@ from recon_serve.model.factory import create_model
 MODELNET10 = ["bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet"]
 
 
-def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "recon_serve.cli", *args], capture_output=True, text=True, timeout=timeout)
+def _cli(*args, timeout=600, env=None):
+    return subprocess.run([sys.executable, "-m", "recon_serve.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
 @pytest.mark.data
@@ -26,6 +28,14 @@ def test_eval_contract_on_an_untrained_checkpoint(tmp_path, shared_data):
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["n"] == 908 and {"oa", "macc", "zero_shot_oa"} <= set(r)
     assert 0 <= r["oa"] <= 100 and "overall accuracy" in out.stdout
+    # the same figures through the ONNX Runtime graph the server runs (fp32: equal up to near-ties)
+    out = _cli("eval", "--benchmark", "modelnet10", "--votes", "1", "--checkpoint", str(tmp_path / "m.pt"),
+               "--data", str(shared_data), "--runtime", "onnxruntime", "--json", str(tmp_path / "ort.json"),
+               env={"RECON_CACHE_DIR": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stderr
+    ort = json.loads((tmp_path / "ort.json").read_text())
+    assert ort["runtime"] == "onnxruntime" and abs(ort["oa"] - r["oa"]) <= 0.5
+    assert _cli("eval", "--int8", "--checkpoint", str(tmp_path / "m.pt")).returncode == 2  # int8 needs onnxruntime
 
 
 MODELNET40 = ["airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone", "cup",

@@ -290,8 +290,9 @@ def test_torch_and_ort_backends_agree(workdir, server):
     torch_b = TorchBackend(workdir / "micro.pt", threads=1)
     assert ort_b.version == torch_b.version
     x = np.random.default_rng(0).normal(size=(2, N, 3)).astype(np.float32)
-    a, b = ort_b.infer(x), torch_b.infer(x)
+    a, b = ort_b.infer(x, parts=True), torch_b.infer(x)
     assert set(a) == set(b) == {"embedding", "shape_embedding", "logits", "part_logits"}
+    assert set(ort_b.infer(x)) == {"embedding", "shape_embedding", "logits"}  # the global graph: no part head
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-4)
 

@@ -23,6 +23,7 @@ from recon_serve.geometry.decode import decode_points_json
 from recon_serve.geometry.preprocess import Prepared, prepare
 
 LIST_FIELDS = ("labels",)  # form fields that may repeat; any other repeated field: the last one counts
+UNIT_OUTPUTS = ("embedding", "shape_embedding")  # unit length by construction: all zeros means the forward overflowed
 
 
 @dataclass
@@ -82,38 +83,45 @@ async def _read_multipart(request: Request, state: AppState, query: dict) -> Sha
 # ------------------------------------------------------------------ the pipeline
 
 async def prepare_input(state: AppState, inp: ShapeInput) -> Prepared:
-    """decode -> sample + rotate + normalise, timed per stage; the heavy parts off the event loop."""
+    """decode -> sample + rotate + normalise, timed per stage; off the event loop in one thread-pool
+    call (each hand-off to a thread costs, and on a loaded host far more than the work on a JSON cloud)."""
     if not inp.has_shape:
         raise BadRequest("send a shape: a multipart 'file' field, or JSON 'points'")
     backend, m = state.backend, state.metrics
     n = as_int(inp.get("n_points"), "n_points", backend.num_points, backend.min_points, state.settings.max_sample_points)
     up_axis = as_choice(inp.get("up_axis"), "up_axis", "z", ("y", "z"))
     normalise = as_bool(inp.get("normalise"), "normalise", True)
-    with m.time_stage("decode"):
-        if inp.data is not None:
-            decoded = await run_in_threadpool(state.decoder.decode, inp.filename, inp.data)
-        else:
-            decoded = await run_in_threadpool(decode_points_json, inp.points, state.settings.decode_limits)
     model_up = (backend.model_card.get("config") or {}).get("up_axis") or "z"  # official checkpoints: y
-    with m.time_stage("sample"):
-        return await run_in_threadpool(prepare, decoded, n, up_axis, normalise, 0, model_up)
+
+    def decode_and_prepare() -> Prepared:
+        with m.time_stage("decode"):
+            if inp.data is not None:
+                decoded = state.decoder.decode(inp.filename, inp.data)
+            else:
+                decoded = decode_points_json(inp.points, state.settings.decode_limits)
+        with m.time_stage("sample"):
+            return prepare(decoded, n, up_axis, normalise, 0, model_up)
+
+    return await run_in_threadpool(decode_and_prepare)
 
 
-async def infer(state: AppState, prepared: Prepared) -> dict[str, np.ndarray]:
-    """The model's outputs for one prepared shape; non-finite outputs (coordinates near the float32
-    limit with normalise=false, say) are the user's 422, never a 200 with null numbers."""
+async def infer(state: AppState, prepared: Prepared, parts: bool = False, ticket=None) -> dict[str, np.ndarray]:
+    """The model's outputs for one prepared shape (part_logits only with parts=True: the segment
+    endpoint); non-finite outputs (coordinates near the float32 limit with normalise=false, say) are
+    the user's 422, never a 200 with null numbers. ticket: from Batcher.on_the_way."""
     with state.metrics.time_stage("infer"):
-        out = await state.batcher.infer(prepared.points)
-    bad = [k for k, v in out.items() if not np.all(np.isfinite(v))]
+        out = await state.batcher.infer(prepared.points, parts, ticket)
+    bad = [k for k, v in out.items() if not np.all(np.isfinite(v)) or (k in UNIT_OUTPUTS and not np.any(v))]
     if bad:
-        raise NonFiniteCoordinates(f"the model gave non-finite {', '.join(sorted(bad))} for this shape: its coordinates "
-                                   "are too large for the model (send normalise=true, or scale the shape)")
+        raise NonFiniteCoordinates(f"the model gave non-finite (or all-zero) {', '.join(sorted(bad))} for this shape: "
+                                   "its coordinates are too large for the model (send normalise=true, or scale the shape)")
     return out
 
 
-async def run_shape(state: AppState, inp: ShapeInput) -> tuple[Prepared, dict[str, np.ndarray]]:
-    prepared = await prepare_input(state, inp)
-    return prepared, await infer(state, prepared)
+async def run_shape(state: AppState, inp: ShapeInput, parts: bool = False) -> tuple[Prepared, dict[str, np.ndarray]]:
+    with state.batcher.on_the_way() as ticket:  # batches being collected meanwhile wait for this one
+        prepared = await prepare_input(state, inp)
+        return prepared, await infer(state, prepared, parts, ticket)
 
 
 def shape_vector(state: AppState, out) -> np.ndarray | None:

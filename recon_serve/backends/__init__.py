@@ -13,6 +13,8 @@ def load_backend(settings, reload: bool = False) -> Backend:
     kind = settings.backend
     if kind != "torch" and (settings.device != "cpu" or settings.bf16):
         raise ValueError(f"--device / --bf16 (RECON_DEVICE / RECON_BF16) apply to the torch backend, not {kind!r}")
+    if settings.int8 and kind not in ("onnxruntime", "ort"):
+        raise ValueError(f"--int8 (RECON_INT8) applies to the onnxruntime backend, not {kind!r}")
     if kind == "torch":
         from recon_serve.backends.torch_backend import TorchBackend
 
@@ -20,7 +22,7 @@ def load_backend(settings, reload: bool = False) -> Backend:
     if kind in ("onnxruntime", "ort"):
         from recon_serve.backends.ort_backend import OrtBackend
 
-        return OrtBackend(checkpoint, settings.cache_dir, threads=settings.threads)
+        return OrtBackend(checkpoint, settings.cache_dir, threads=settings.threads, int8=settings.int8)
     if kind.startswith(("http://", "https://", "triton://")):
         from recon_serve.backends.triton_backend import TritonBackend, load_live_version
 

@@ -20,8 +20,10 @@ class Backend(ABC):
     version: str
 
     @abstractmethod
-    def infer(self, points: np.ndarray) -> dict[str, np.ndarray]:
-        """points [B,N,3] float32 (prepared) -> {'embedding' [B,D], 'logits' [B,K]?, 'part_logits' [B,N,P]?}."""
+    def infer(self, points: np.ndarray, parts: bool = False) -> dict[str, np.ndarray]:
+        """points [B,N,3] float32 (prepared) -> {'embedding' [B,D], 'logits' [B,K]?, 'shape_embedding' [B,E],
+        'part_logits' [B,N,P]?}. part_logits only needs to be there with parts=True (and a seg head):
+        a backend may then run a smaller graph; it may also return more than asked."""
 
     def close(self) -> None:
         """Release sessions or connections."""

@@ -2,13 +2,17 @@
 
 One worker thread takes the first waiting shape, then keeps collecting until `max_batch` shapes
 are in or `max_wait_ms` has passed since that first one, and runs one `backend.infer` per point
-count in the batch (the graph needs one N per call). A model call costs nearly the same for 1 or 8
-small shapes on CPU, so under load this multiplies throughput; when idle a request waits at most
-`max_wait_ms`. Callers get a concurrent Future (`submit`) or await `infer` from asyncio.
+count and graph in the batch (the graph needs one N per call; segment requests ask for the parts
+graph, every other request the smaller global one). A model call costs nearly the same for 1 or 8
+small shapes on CPU, so under load this multiplies throughput. The wait is only for requests on
+their way: a caller holds `on_the_way()` from the start of its decode/sampling to its submit, and
+while no request is on its way a batch runs at once, so a lone request never waits for nobody (at
+most `max_wait_ms` when some are). Callers get a concurrent Future (`submit`) or await `infer`.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -38,18 +42,40 @@ class Batcher:
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.on_batch = on_batch
         self._using = threading.Lock()  # held while a batch runs, so swap() waits for it
+        self._lock = threading.Lock()  # a submit's put and its leaving the on-the-way count are one step
+        self._coming = 0  # requests on their way to submit (see on_the_way)
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="recon-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, points: np.ndarray) -> Future:
-        """Future of the outputs for one prepared shape [N,3] (each output without the batch axis)."""
+    @contextlib.contextmanager
+    def on_the_way(self):
+        """Hold around a request's way to submit (decode, sampling) and pass what it yields to
+        submit: batches being collected wait for it (up to max_wait_ms)."""
+        ticket = {"submitted": False}
+        with self._lock:
+            self._coming += 1
+        try:
+            yield ticket
+        finally:
+            with self._lock:
+                if not ticket["submitted"]:
+                    self._coming -= 1
+
+    def submit(self, points: np.ndarray, parts: bool = False, ticket: dict | None = None) -> Future:
+        """Future of the outputs for one prepared shape [N,3] (each output without the batch axis);
+        parts=True: with part_logits (see Backend.infer); ticket: from on_the_way."""
         future: Future = Future()
-        self._queue.put((np.ascontiguousarray(points, dtype=np.float32), future))
+        item = (np.ascontiguousarray(points, dtype=np.float32), bool(parts), future)
+        with self._lock:
+            self._queue.put(item)
+            if ticket is not None and not ticket["submitted"]:
+                ticket["submitted"] = True
+                self._coming -= 1
         return future
 
-    async def infer(self, points: np.ndarray) -> dict[str, np.ndarray]:
-        return await asyncio.wrap_future(self.submit(points))
+    async def infer(self, points: np.ndarray, parts: bool = False, ticket: dict | None = None) -> dict[str, np.ndarray]:
+        return await asyncio.wrap_future(self.submit(points, parts, ticket))
 
     def swap(self, backend):
         """Send later batches to `backend`; returns the old one, no longer in use (close it)."""
@@ -65,8 +91,10 @@ class Batcher:
         items, deadline = [first], time.monotonic() + self.max_wait
         while len(items) < self.max_batch:
             remaining = deadline - time.monotonic()
+            with self._lock:
+                wait = remaining > 0 and self._coming > 0  # else: take what is queued, wait for no one
             try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                item = self._queue.get(timeout=remaining) if wait else self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is _STOP:
@@ -80,21 +108,21 @@ class Batcher:
             if first is _STOP:
                 return
             items, stop = self._collect(first)
-            groups: dict[int, list] = {}
-            for points, future in items:
+            groups: dict[tuple[int, bool], list] = {}
+            for points, parts, future in items:
                 if future.set_running_or_notify_cancel():
-                    groups.setdefault(len(points), []).append((points, future))
-            for group in groups.values():
-                self._infer(group)
+                    groups.setdefault((len(points), parts), []).append((points, future))
+            for (_, parts), group in groups.items():
+                self._infer(group, parts)
             if stop:
                 return
 
-    def _infer(self, group: list) -> None:
+    def _infer(self, group: list, parts: bool) -> None:
         t0 = time.perf_counter()
         try:
             with self._using:
                 backend = self.backend
-                out = backend.infer(np.stack([p for p, _ in group]))
+                out = backend.infer(np.stack([p for p, _ in group]), parts=parts)
         except Exception as e:  # every waiting request gets the fault, the worker lives on
             log.exception("inference failed for a batch of %d", len(group))
             for _, future in group:

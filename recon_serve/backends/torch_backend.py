@@ -45,7 +45,7 @@ class TorchBackend(Backend):
         return contextlib.nullcontext()
 
     @torch.no_grad()
-    def infer(self, points: np.ndarray) -> dict[str, np.ndarray]:
+    def infer(self, points: np.ndarray, parts: bool = False) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).to(self.device)
         with self._lock, self._precision():
             out = self.model(x)

@@ -52,13 +52,17 @@ class TritonBackend(Backend):
         number = self.model_card.get("version")  # ask for the card's version, not whichever Triton has newest
         self.model_version = str(number) if isinstance(number, int) else ""
 
-    def infer(self, points: np.ndarray) -> dict[str, np.ndarray]:
+    def infer(self, points: np.ndarray, parts: bool = False) -> dict[str, np.ndarray]:
+        """Triton runs its one all-outputs model; without `parts` the part logits are not sent back."""
+        from recon_serve.export.onnx import PARTS_ONLY
+
         x = np.ascontiguousarray(points, dtype=np.float32)
         inp = self._http.InferInput("points", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
-        outs = [self._http.InferRequestedOutput(n) for n in self.outputs]
+        names = [n for n in self.outputs if parts or n not in PARTS_ONLY]
+        outs = [self._http.InferRequestedOutput(n) for n in names]
         result = self.client.infer(self.model, [inp], model_version=self.model_version, outputs=outs)
-        return {n: result.as_numpy(n) for n in self.outputs}
+        return {n: result.as_numpy(n) for n in names}
 
     def close(self) -> None:
         self.client.close()

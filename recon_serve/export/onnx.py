@@ -8,9 +8,15 @@ Two graph flavours, same inputs/outputs:
 Input `points` [B,N,3] float32 with B and N dynamic; outputs `embedding` [B,D], then `logits` [B,K]
 when the model has a classification head (and `part_logits` [B,N,P] with a segmentation head), then
 `shape_embedding` [B,E] (for shape-to-shape search).
+
+That all-outputs graph is what /v1/segment and a Triton repository run; `global_graph` prunes it to
+the outputs every other endpoint needs (no part head), and `quantize_int8` makes the optional int8
+copy of that (dynamic quantisation of MatMul/Gemm weights).
 """
 from __future__ import annotations
 
+import copy
+import tempfile
 from pathlib import Path
 
 import torch
@@ -25,6 +31,7 @@ INPUT = "points"
 
 # ONNX output order; a model exports those it returns
 OUTPUTS = ("embedding", "logits", "part_logits", "shape_embedding")
+PARTS_ONLY = ("part_logits",)  # outputs only the parts graph has (global_graph drops them)
 
 
 class _Outputs(nn.Module):
@@ -41,8 +48,13 @@ class _Outputs(nn.Module):
 
 
 def export_onnx(model: nn.Module, path: str | Path, mode: str = "custom_op", opset: int = 20,
-                max_batch: int = 1024, max_points: int = 65536, optimize: bool = False) -> Path:
+                max_batch: int = 1024, max_points: int = 65536, optimize: bool = False,
+                fold_bn: bool = True) -> Path:
     """Write `model` (eval mode) to `path` as ONNX; returns the path.
+
+    `fold_bn` exports a copy with each Linear -> BatchNorm pair folded into one Linear
+    (`fold_batchnorm`): ONNX Runtime fuses Conv+BN but leaves Gemm/MatMul -> BatchNormalization
+    (the class head, the seg head's MLPs) as separate passes.
 
     `optimize` stays off: onnxscript 0.7.2's optimizer rewrites `x + c` to `x` for any |c| <= 1e-8
     (its no-op rule matches constants with abs_tol=1e-8), which drops the seg head's `d + 1e-8`
@@ -53,13 +65,69 @@ def export_onnx(model: nn.Module, path: str | Path, mode: str = "custom_op", ops
     was_training = model.training
     model.eval()
     try:
+        net = fold_batchnorm(model) if fold_bn else model
         with torch.no_grad():
-            names = [n for n in OUTPUTS if n in model(example)]
-        _to_onnx(_Outputs(model, names).eval(), example, path, mode, names, opset,
+            names = [n for n in OUTPUTS if n in net(example)]
+        _to_onnx(_Outputs(net, names).eval(), example, path, mode, names, opset,
                  max_batch, max(cfg.num_group, cfg.group_size), max_points, optimize)
     finally:
         model.train(was_training)
     return Path(path)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval copy of `model` in which every BatchNorm1d right after a Linear in an nn.Sequential is
+    folded into that Linear (and becomes Identity). The mini-PointNet is left as it is: its forward
+    already folds its BatchNorms in eval mode (recon_serve.model.recon._fold)."""
+    from torch.nn.utils.fusion import fuse_linear_bn_eval
+
+    from recon_serve.model.recon import MiniPointNet
+
+    model = copy.deepcopy(model).eval()
+    skip = {id(m) for net in model.modules() if isinstance(net, MiniPointNet) for m in net.modules()}
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential) or id(seq) in skip:
+            continue
+        for i in range(len(seq) - 1):
+            lin, bn = seq[i], seq[i + 1]
+            if isinstance(lin, nn.Linear) and isinstance(bn, nn.BatchNorm1d) and bn.track_running_stats:
+                seq[i], seq[i + 1] = fuse_linear_bn_eval(lin, bn), nn.Identity()
+    return model
+
+
+def global_graph(src: str | Path, dst: str | Path) -> Path:
+    """Write the graph at `src` without its parts-only outputs (and every node only they need: the
+    part head, the encoder's extra LayerNorms for it) to `dst`. The nodes kept are the same nodes,
+    so the outputs are the same numbers."""
+    import onnx
+    from onnx.utils import Extractor
+
+    proto = onnx.load(str(src))
+    keep = [o.name for o in proto.graph.output if o.name not in PARTS_ONLY]
+    pruned = Extractor(proto).extract_model([i.name for i in proto.graph.input], keep)
+    onnx.save(pruned, str(dst))
+    return Path(dst)
+
+
+def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True) -> Path:
+    """ONNX Runtime dynamic int8 quantisation of the MatMul/Gemm weights of the graph at `src`.
+
+    The exported weights reach their MatMuls through Transpose (and the folded-BN Mul) nodes, so
+    the graph is first constant-folded by ONNX Runtime's basic optimisations (hardware-neutral);
+    the quantiser then sees initializers. Custom-domain FPS/kNN nodes are not MatMul/Gemm and
+    pass through untouched."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="recon-int8-") as tmp:
+        folded = Path(tmp) / "folded.onnx"
+        so = _session_options(src)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(folded)
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        quantize_dynamic(folded, dst, op_types_to_quantize=["MatMul", "Gemm"], per_channel=per_channel,
+                         weight_type=QuantType.QInt8)
+    return Path(dst)
 
 
 class _GroupingIndices(nn.Module):
@@ -114,6 +182,13 @@ def ort_session(path: str | Path, threads: int | None = None):
     """An ONNX Runtime CPU session, with the custom-op library registered when the model needs it."""
     import onnxruntime as ort
 
+    so = _session_options(path, threads)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _session_options(path: str | Path, threads: int | None = None):
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
@@ -128,4 +203,4 @@ def ort_session(path: str | Path, threads: int | None = None):
                 "(see the logged reason); export with mode='pure' instead"
             )
         so.register_custom_ops_library(str(lib))
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return so

@@ -45,7 +45,7 @@ async def segment(request: Request, state: AppState = Depends(get_state)):
     from recon_serve.evaluate import restrict_to_category
 
     inp = await read_input(request, state)
-    prepared, out = await run_shape(state, inp)
+    prepared, out = await run_shape(state, inp, parts=True)
     card = out.backend.model_card
     if "part_logits" not in out:
         raise UnknownLabelSet("this model has no part segmentation head")
