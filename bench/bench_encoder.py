@@ -7,8 +7,9 @@ Each (config, batch, precision) runs 2 warm-up iterations, then `--repeats` time
 gives median and p90 ms per batch and shapes/s (= batch / median seconds). Precision is fp32, plus
 bf16 autocast where `cpu_has_fast_bf16()` (AMX / AVX512-BF16) says it pays.
 
-Also reported: parameter count and GFLOPs per shape, counted (not guessed) on one forward: forward
-hooks on every nn.Linear add 2 * in_features * out_features * rows, and a torch-function mode adds
+Also reported: parameter count and GFLOPs per shape, counted (not guessed) on one forward: a
+torch-function mode adds 2 * in_features * out_features * rows for each F.linear call (nn.Linear
+layers and the split / BN-folded weights the mini-PointNet and seg head apply directly) and
 2 * 2 * B*h*Nq*Nk*d for each scaled_dot_product_attention call (QK^T and attn@V). Grouping,
 norms, activations and pooling are not counted.
 
@@ -37,15 +38,19 @@ NUM_POINTS = 1024
 WARMUP = 2
 
 
-class _CountSDPA(TorchFunctionMode):
-    """Adds the matmul FLOPs of every scaled_dot_product_attention call to `self.flops`."""
+class _CountFlops(TorchFunctionMode):
+    """Adds the matmul FLOPs of every F.linear and scaled_dot_product_attention call to `self.flops`
+    (a mode, not nn.Linear hooks, so weights applied piecewise with F.linear count too)."""
 
     def __init__(self):
         super().__init__()
         self.flops = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.scaled_dot_product_attention:
+        if func is F.linear:
+            x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+            self.flops += 2 * (x.numel() // x.shape[-1]) * w.shape[0] * w.shape[1]
+        elif func is F.scaled_dot_product_attention:
             q, k = args[0], args[1]
             *lead, nq, d = q.shape
             self.flops += 2 * 2 * int(np.prod(lead)) * nq * k.shape[-2] * d  # QK^T and attn @ V
@@ -53,22 +58,10 @@ class _CountSDPA(TorchFunctionMode):
 
 
 def count_flops(model: nn.Module, points: torch.Tensor) -> int:
-    """FLOPs (multiply-add = 2) of the Linear layers and attention matmuls one forward actually runs."""
-    total = 0
-
-    def hook(mod, inputs, _out):
-        nonlocal total
-        rows = inputs[0].numel() // mod.in_features
-        total += 2 * rows * mod.in_features * mod.out_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
-    try:
-        with torch.no_grad(), _CountSDPA() as sdpa:
-            model(points)
-    finally:
-        for h in handles:
-            h.remove()
-    return total + sdpa.flops
+    """FLOPs (multiply-add = 2) of the linear layers and attention matmuls one forward actually runs."""
+    with torch.no_grad(), _CountFlops() as counter:
+        model(points)
+    return counter.flops
 
 
 def time_forward(model: nn.Module, points: torch.Tensor, repeats: int, bf16: bool) -> list[float]:
