@@ -171,7 +171,7 @@ def run_backend(backend: str, location: str, args, n: int, queries) -> dict:
     chunks = lambda: ((s, vectors(min(args.batch, n - s), args.dim, args.clusters, args.spread, 0, s))  # noqa: E731
                       for s in range(0, n, args.batch))  # the build's pieces: a row's noise depends on its piece
     truth = exact_top(chunks(), queries, 10)
-    ftruth = exact_top(chunks(), queries[: args.filtered_queries], 10, keep=lambda r: r % CATEGORIES == 7)
+    ftruth = exact_top(chunks(), queries[: min(args.filtered_queries, len(queries))], 10, keep=lambda r: r % CATEGORIES == 7)
     record = Path(location).parent / f"{backend}.build.json"  # a kept --dir is measured again without rebuilding
     if args.dir and record.is_file() and json.loads(record.read_text()).get("n") == n:
         built = json.loads(record.read_text())["built"]
@@ -187,6 +187,8 @@ def run_backend(backend: str, location: str, args, n: int, queries) -> dict:
 
 
 def main() -> None:
+    from recon_serve.index.store import Settings
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=384)
@@ -195,10 +197,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--filtered-queries", type=int, default=50)
     ap.add_argument("--ef", default="16,32,64,128,256", help="ef_search values for the FAISS HNSW sweep")
-    ap.add_argument("--m", type=int, default=32, help="HNSW M")
-    ap.add_argument("--ef-construction", type=int, default=40)
+    ap.add_argument("--m", type=int, default=Settings.hnsw_m, help="HNSW M (default: the index's)")
+    ap.add_argument("--ef-construction", type=int, default=Settings.ef_construction)
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--milvus-n", type=int, default=0, help="also Milvus Lite (embedded, FLAT) on this many vectors")
+    ap.add_argument("--milvus-queries", type=int, default=50, help="of the queries, how many Milvus Lite answers")
     ap.add_argument("--dir", help="where indexes are built and kept (a later run with the same --dir and --n "
                     "measures them again without rebuilding); default: a temp dir, removed after")
     ap.add_argument("--json")
@@ -214,7 +217,8 @@ def main() -> None:
         rows.append(run_backend("faiss", str(work / "faiss"), args, args.n, queries))
         if args.milvus_n:
             (work / "milvus").mkdir(exist_ok=True)
-            rows.append(run_backend("milvus", str(work / "milvus" / "milvus.db"), args, args.milvus_n, queries))
+            rows.append(run_backend("milvus", str(work / "milvus" / "milvus.db"), args, args.milvus_n,
+                                    queries[: args.milvus_queries]))
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)

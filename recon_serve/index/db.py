@@ -60,6 +60,8 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.executescript(SCHEMA)
     if "shape_vector" not in {r[1] for r in conn.execute("PRAGMA table_info(shapes)")}:  # an index from before shape vectors
         conn.execute("ALTER TABLE shapes ADD COLUMN shape_vector BLOB")
+    # which shapes have a shape vector, without reading the rows (opening reconciles against it)
+    conn.execute("CREATE INDEX IF NOT EXISTS shapes_with_shape ON shapes(faiss_id) WHERE shape_vector IS NOT NULL")
     if conn.execute("PRAGMA user_version").fetchone()[0] < TAGS_VERSION:  # an index from before tags
         with transaction(conn):
             conn.execute("DELETE FROM tags")
