@@ -67,10 +67,11 @@ class Settings:
     shape_dim: int = 0  # the shape field's size; 0: no shape field
     model_version: str | None = None  # used when add() is given none
     exact_limit: int = 50_000  # past this many shapes, switch from exact flat to HNSW
-    # HNSW: chosen by bench/bench_index.py (M 32 / efConstruction 40 reached recall@10 0.86 at 1M
-    # clustered vectors even at ef_search 256; at 200k, M 16 / efConstruction 128 gave 1.000 at
-    # ef_search 64 and built 2.2x faster than M 32 / 128). Saved per index: existing ones keep theirs.
-    ef_search: int = 64
+    # HNSW: chosen by bench/bench_index.py (bench/results/index.json). M 32 / efConstruction 40
+    # reached recall@10 0.86 at 1M clustered vectors even at ef_search 256; M 16 / 128 gives 0.971 at
+    # ef_search 128 (p50 1.0 ms) and 0.874 at 64. Saved per index: existing ones keep theirs
+    # (ShapeIndex.open(path, ef_search=128) overrides).
+    ef_search: int = 128
     hnsw_m: int = 16
     ef_construction: int = 128
     tombstone_fraction: float = 0.2  # HNSW: compact once this share of vectors is removed
