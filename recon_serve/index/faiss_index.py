@@ -101,7 +101,8 @@ def exact_search(index: faiss.IndexIDMap2, queries: np.ndarray, k: int, allowed:
     with a selective filter it can miss the best match.
     """
     allowed = np.asarray(allowed, dtype=np.int64)
-    ids, positions = ids_of(index), _positions(index, allowed)
+    ids = ids_of(index)
+    positions = _positions(ids, allowed)
     stored = _stored_vectors(index)
     k = min(k, len(allowed))
     best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
@@ -143,10 +144,9 @@ def _stored_vectors(index: faiss.IndexIDMap2) -> np.ndarray:
     return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
 
 
-def _positions(index: faiss.IndexIDMap2, wanted: np.ndarray) -> np.ndarray:
+def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Storage positions of the ``wanted`` ids that the index holds (ids are added in increasing
     order, so the id map is normally sorted; otherwise it is sorted here)."""
-    ids = ids_of(index)
     order = None if np.all(ids[1:] > ids[:-1]) else np.argsort(ids, kind="stable")
     sorted_ids = ids if order is None else ids[order]
     at = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(len(ids) - 1, 0))
