@@ -133,9 +133,14 @@ def test_knn_kernel_breaks_ties_by_lower_index(ops_lib):
     nn_ = _single_op_session(ops_lib, "KNN", ["points", "query"], 3, k=32)
     x = torch.randint(0, 4, (2, 300, 3), generator=torch.Generator().manual_seed(3)).float()
     q = x[:, :20].contiguous()
+    x[0, 5:300:7] = float("nan")  # NaN distances go last, by index (torch.sort's order too)
     d = ((q[:, :, None] - x[:, None]) ** 2).sum(-1)
     expect = torch.sort(d, dim=-1, stable=True).indices[..., :32]
     np.testing.assert_array_equal(nn_.run(None, {"points": x.numpy(), "query": q.numpy()})[0], expect.numpy())
+    few = x[:, :40].contiguous()  # fewer finite points than k in cloud 0: NaN rows fill the tail
+    few[0, 3:] = float("nan")
+    expect = torch.sort(((q[:, :, None] - few[:, None]) ** 2).sum(-1), dim=-1, stable=True).indices[..., :32]
+    np.testing.assert_array_equal(nn_.run(None, {"points": few.numpy(), "query": q.numpy()})[0], expect.numpy())
 
 
 def test_custom_op_export_matches_eager(model, custom_path):

@@ -16,31 +16,26 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace {
 
 constexpr const char* kDomain = "recon_serve";
+constexpr int64_t kQueriesPerTask = 32;  // KNN work per thread-pool task: a cloud's copy is paid once per task
 
 OrtStatusPtr Error(OrtErrorCode code, const std::string& msg) { return Ort::GetApi().CreateStatus(code, msg.c_str()); }
 
-// Calls fn(b) for every b in [0, B), spread over up to hardware_concurrency std::threads.
+// Calls fn(i) for every i in [0, n) on the session's intra-op thread pool (so a session set to
+// one thread stays on one thread, and no thread is started per call).
 template <class Fn>
-void ParallelOverBatch(int64_t B, const Fn& fn) {
-  const int64_t n = std::min<int64_t>(B, std::max(1u, std::thread::hardware_concurrency()));
+void ParallelFor(const Ort::KernelContext& ctx, int64_t n, const Fn& fn) {
   if (n <= 1) {
-    for (int64_t b = 0; b < B; ++b) fn(b);
+    for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }
-  std::vector<std::thread> pool;
-  pool.reserve(n - 1);
-  for (int64_t t = 1; t < n; ++t)
-    pool.emplace_back([&fn, t, n, B] { for (int64_t b = t; b < B; b += n) fn(b); });
-  for (int64_t b = 0; b < B; b += n) fn(b);
-  for (auto& th : pool) th.join();
+  ctx.ParallelFor([](void* f, size_t i) { (*static_cast<const Fn*>(f))(static_cast<int64_t>(i)); },
+                  static_cast<size_t>(n), 0, const_cast<Fn*>(&fn));
 }
 
 inline float SquaredDistance(const float* a, const float* b) {
@@ -84,20 +79,49 @@ void FarthestPointSampleOne(const float* points, int64_t N, int64_t npoint, bool
   }
 }
 
-// k nearest of points [N,3] to one query, nearest first, ties (and NaNs last) by index.
-void KnnOne(const float* points, int64_t N, const float* query, int64_t k, std::vector<float>& dist,
-            std::vector<int64_t>& order, int64_t* out) {
-  for (int64_t j = 0; j < N; ++j) dist[j] = SquaredDistance(query, points + 3 * j);
-  std::iota(order.begin(), order.end(), int64_t{0});
-  auto less = [&dist](int64_t a, int64_t b) {
-    const float da = dist[a], db = dist[b];
-    if (da < db) return true;
-    if (db < da) return false;
-    const bool na = std::isnan(da), nb = std::isnan(db);
-    return na != nb ? nb : a < b;
-  };
-  std::partial_sort(order.begin(), order.begin() + k, order.end(), less);
-  std::copy(order.begin(), order.begin() + k, out);
+// The KNN order: smaller distance first, ties (and NaNs, which go last) by index.
+inline bool Before(float da, int64_t a, float db, int64_t b) {
+  if (da < db) return true;
+  if (db < da) return false;
+  const bool na = std::isnan(da), nb = std::isnan(db);
+  return na != nb ? nb : a < b;
+}
+
+// One cloud's coordinates as three arrays, so the distances to a query vectorise.
+struct Columns {
+  std::vector<float> x, y, z;
+  void Load(const float* points, int64_t N) {
+    x.resize(N), y.resize(N), z.resize(N);
+    for (int64_t j = 0; j < N; ++j) x[j] = points[3 * j], y[j] = points[3 * j + 1], z[j] = points[3 * j + 2];
+  }
+};
+
+// k nearest of a cloud to one query, in that order. The distances first (the same float operations
+// as SquaredDistance, vectorised), then one pass keeping the k best so far sorted in (best_d, best_i):
+// a point that does not beat the k-th costs one comparison, so the pass is O(N) plus k per insertion
+// (about k ln(N/k) of them for points in random order).
+void KnnOne(const Columns& c, int64_t N, const float* query, int64_t k, float* dist, float* best_d, int64_t* best_i) {
+  const float qx = query[0], qy = query[1], qz = query[2];
+  const float *x = c.x.data(), *y = c.y.data(), *z = c.z.data();
+  for (int64_t j = 0; j < N; ++j) {
+    const float dx = qx - x[j], dy = qy - y[j], dz = qz - z[j];
+    float d = dx * dx;
+    d += dy * dy;
+    d += dz * dz;
+    dist[j] = d;
+  }
+  int64_t filled = 0;
+  for (int64_t j = 0; j < N; ++j) {
+    const float d = dist[j];
+    if (filled == k && !Before(d, j, best_d[k - 1], best_i[k - 1])) continue;
+    int64_t pos = filled < k ? filled++ : k - 1;
+    for (; pos > 0 && Before(d, j, best_d[pos - 1], best_i[pos - 1]); --pos) {
+      best_d[pos] = best_d[pos - 1];
+      best_i[pos] = best_i[pos - 1];
+    }
+    best_d[pos] = d;
+    best_i[pos] = j;
+  }
 }
 
 // Checks a [B,N,3] float input; returns its shape.
@@ -141,7 +165,7 @@ struct FpsKernel {
       return Error(ORT_INVALID_ARGUMENT, "FarthestPointSample: npoint=" + std::to_string(npoint) + " > N=" + std::to_string(N));
     const float* p = points.GetTensorData<float>();
     int64_t* out = ctx.GetOutput(0, {B, npoint}).GetTensorMutableData<int64_t>();
-    ParallelOverBatch(B, [&](int64_t b) { FarthestPointSampleOne(p + b * N * 3, N, npoint, skip_origin, out + b * npoint); });
+    ParallelFor(ctx, B, [&](int64_t b) { FarthestPointSampleOne(p + b * N * 3, N, npoint, skip_origin, out + b * npoint); });
     return nullptr;
   }
   RECON_CATCH_ALL
@@ -162,11 +186,14 @@ struct KnnKernel {
     const float* p = points.GetTensorData<float>();
     const float* qp = query.GetTensorData<float>();
     int64_t* out = ctx.GetOutput(0, {B, M, k}).GetTensorMutableData<int64_t>();
-    ParallelOverBatch(B, [&](int64_t b) {
-      std::vector<float> dist(N);
-      std::vector<int64_t> order(N);
-      for (int64_t m = 0; m < M; ++m)
-        KnnOne(p + b * N * 3, N, qp + (b * M + m) * 3, k, dist, order, out + (b * M + m) * k);
+    const int64_t chunks = (M + kQueriesPerTask - 1) / kQueriesPerTask;  // a batch of one spreads too
+    ParallelFor(ctx, B * chunks, [&](int64_t t) {
+      const int64_t b = t / chunks, m0 = (t % chunks) * kQueriesPerTask, m1 = std::min(M, m0 + kQueriesPerTask);
+      Columns cloud;
+      cloud.Load(p + b * N * 3, N);
+      std::vector<float> dist(N), best_d(k);
+      for (int64_t m = m0; m < m1; ++m)
+        KnnOne(cloud, N, qp + (b * M + m) * 3, k, dist.data(), best_d.data(), out + (b * M + m) * k);
     });
     return nullptr;
   }
