@@ -193,6 +193,9 @@ def _session_options(path: str | Path, threads: int | None = None):
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    # the pool's threads spin between the ops of a run (fast hand-offs), but stop as the run returns:
+    # spinning on afterwards takes a core from whatever runs next (the server's event loop, its client)
+    so.add_session_config_entry("session.force_spinning_stop", "1")
     if needs_custom_ops(path):
         from recon_serve.ops import custom_ops_library
 

@@ -35,6 +35,7 @@ class TritonPythonModel:
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.force_spinning_stop", "1")  # as recon_serve's own sessions
         if CUSTOM_OP_DOMAIN in card["onnx"]["domains"]:
             so.register_custom_ops_library(os.path.join(here, card["onnx"]["custom_op_library"]))
         self.session = ort.InferenceSession(os.path.join(here, "model.onnx"), so, providers=["CPUExecutionProvider"])
