@@ -70,6 +70,10 @@ def check_shipped_default_figures(work: Path) -> None:
     assert d["nn"] >= 0.65 and d["first_tier"] >= 0.38, d
     assert d["nn"] > d["d2"]["nn"] and d["first_tier"] > d["d2"]["first_tier"], d
     assert d["top1"] >= 3 * d["chance"], d
+    c = json.loads((work / "check.json").read_text())  # check-export: the exported graphs against torch
+    assert c["max_abs_diff"] < 1e-4 and c["indices_equal"] is True and c["checkpoint_matches_card"], c
+    assert "ort_pure" in c["runtimes_compared"] and all(i["fps_equal"] and i["knn_equal"] for i in c["indices"].values())
+    assert (work / "model_repository" / "recon_python" / "1" / "model.py").is_file()
 
 
 @pytest.mark.slow

@@ -1,8 +1,6 @@
 """Triton model repository: layout, config.pbtxt through Triton's own protobuf, model card, the real bundled
-tritonserver answering over HTTP and gRPC, and the `export` / `check-export` CLI."""
+tritonserver answering over HTTP and gRPC (the `export` / `check-export` CLI: README's commands, tests/test_docs.py)."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -161,20 +159,7 @@ def test_server_start_failure_reports_the_log(repo, triton_env):
         TritonServer(repo[0], models=["no_such_model"], env=triton_env, ready_timeout=60).start()
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "recon_serve.cli", *args], capture_output=True, text=True, timeout=300)
-
-
-def test_cli_export_then_check_export(tmp_path, checkpoint):
-    out = _cli("export", str(checkpoint), "--out", str(tmp_path / "repo"))
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["version"] == 1 and (tmp_path / "repo" / PYTHON_MODEL / "1" / "model.py").is_file()
-    out = _cli("check-export", str(tmp_path / "repo"), "--json", str(tmp_path / "check.json"))
-    assert out.returncode == 0, out.stderr
-    r = json.loads((tmp_path / "check.json").read_text())
-    assert r["max_abs_diff"] < 1e-4 and r["indices_equal"] is True, r
-    assert r["checkpoint_matches_card"] and "ort_pure" in r["runtimes_compared"]
-    assert all(c["fps_equal"] and c["knn_equal"] for c in r["indices"].values())
+# `export` then `check-export` on the shipped default: README's commands, run by tests/test_docs.py.
 
 
 def test_auto_falls_back_to_pure_onnx_and_says_so(tmp_path, checkpoint, monkeypatch):

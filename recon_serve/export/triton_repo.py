@@ -87,21 +87,34 @@ def latest_version(model_dir: str | Path) -> Path:
     return max(versions, key=lambda p: int(p.name))
 
 
-def _export(model, path: Path, mode: str) -> tuple[str, str | None, Path | None]:
-    """Export as asked; 'auto' takes the custom-op graph when the kernel library builds. Returns (mode, note, lib)."""
+def _export(model, path: Path, mode: str, checkpoint_path: Path) -> tuple[str, str | None, Path | None]:
+    """Export as asked; 'auto' takes the custom-op graph when the kernel library builds. Returns (mode, note, lib).
+    The graph the server caches for this checkpoint is the same one (every output, custom ops when the
+    library builds), so it is copied from that cache, filled first if need be: a checkpoint is exported
+    once for serving, the repository and a deploy."""
+    from recon_serve.backends.ort_backend import export_cached
     from recon_serve.export.onnx import export_onnx
     from recon_serve.ops import custom_ops_library
+    from recon_serve.settings import Settings
 
     if mode not in EXPORT_MODES:
         raise ValueError(f"mode must be one of {EXPORT_MODES}, not {mode!r}")
-    lib = custom_ops_library() if mode != "pure" else None
+    available = custom_ops_library()
+    lib = available if mode != "pure" else None
     if mode == "custom_op" and lib is None:
         raise RuntimeError("custom-op library unavailable (see the logged reason); use mode='pure' or 'auto'")
     note = None
     if lib is None and mode == "auto":
         note = "pure ONNX graph (FPS as Scan, kNN as TopK): the custom-op library could not be built at export time"
-    export_onnx(model, path, mode="custom_op" if lib else "pure")
-    return ("custom_op" if lib else "pure"), note, lib
+    used = "custom_op" if lib else "pure"
+    cached = None
+    if (lib is None) == (available is None):  # the graph the server caches: custom ops when the library builds
+        cached = export_cached(checkpoint_path, Path(Settings.from_env().cache_dir), "parts")
+    if cached and json.loads((cached / "model_card.json").read_text())["onnx"]["mode"] == used:
+        shutil.copy2(cached / "model.onnx", path)
+    else:  # pure asked for beside a built library, or a cache entry made while the library was missing
+        export_onnx(model, path, mode=used)
+    return used, note, lib
 
 
 def _output_dims(model) -> dict[str, list[int]]:
@@ -227,7 +240,7 @@ def write_model_repository(checkpoint_path=None, out_dir="model_repository", ver
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        used, note, lib = _export(model, work / "model.onnx", mode)
+        used, note, lib = _export(model, work / "model.onnx", mode, checkpoint_path)
         domains = sorted({o.domain or "ai.onnx" for o in onnx.load(str(work / "model.onnx")).opset_import})
         outputs = _output_dims(model)
         card = _card(ckpt or {}, model, checkpoint_path, version, used, domains, outputs)
