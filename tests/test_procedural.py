@@ -103,6 +103,9 @@ def test_generate_dataset_uses_one_shared_label_space():
     np.testing.assert_array_equal(ds.points[0], generate("mug", split_seeds("train", 1)[0], 256).points)
     test = generate_dataset(cats, per_category=2, split="test", n_points=256)
     assert not np.allclose(test.points, ds.points)
+    both = generate_dataset(cats, per_category=2, seed=0, split="train", n_points=256, workers=2)  # two processes
+    np.testing.assert_array_equal(both.points, ds.points)
+    np.testing.assert_array_equal(both.labels, ds.labels)
 
 
 def test_shapenetpart_txt_round_trips_exactly(tmp_path):

@@ -11,7 +11,10 @@ and samples its surface. The same (category, seed) always gives identical arrays
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
+import os
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -216,21 +219,39 @@ class Dataset(NamedTuple):
     category_parts: dict  # category -> its global part ids (for evaluate.part_miou)
 
 
+def _generate_one(job) -> tuple[np.ndarray, np.ndarray]:
+    category, seed, n_points, yaw = job
+    shape = generate(category, seed, n_points, yaw)
+    return shape.points, shape.labels
+
+
 def generate_dataset(categories=None, per_category: int = 16, seed: int = 0, split: str = "train",
-                     n_points: int = 2048, yaw: bool = False, progress: bool = False) -> Dataset:
-    """per_category shapes of each category with labels in one shared part space."""
+                     n_points: int = 2048, yaw: bool = False, progress: bool = False, workers: int | None = None) -> Dataset:
+    """per_category shapes of each category with labels in one shared part space. Shapes are made in
+    `workers` processes (default: one per core, for 64 shapes or more); each shape depends only on its
+    own seed, so the set is the same for any number of workers."""
     cats = sorted(CATEGORIES) if categories is None else list(categories)
     names, offsets = part_names(cats), label_offsets(cats)
     seeds = split_seeds(split, per_category, seed)
-    jobs = [(ci, s) for ci in range(len(cats)) for s in seeds]
+    jobs = [(cats[ci], s, n_points, yaw) for ci in range(len(cats)) for s in seeds]
+    workers = min(os.cpu_count() or 1, len(jobs) // 32) if workers is None else workers
+    pool = None
+    if workers > 1 and "fork" in mp.get_all_start_methods():  # fork: the workers run numpy only
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
+        shapes = pool.map(_generate_one, jobs, chunksize=4)
+    else:
+        shapes = map(_generate_one, jobs)
     if progress:
         from tqdm import tqdm
-        jobs = tqdm(jobs, desc=f"generate {split}")
-    pts, labs = [], []
-    for ci, s in jobs:
-        shape = generate(cats[ci], s, n_points, yaw)
-        pts.append(shape.points)
-        labs.append(shape.labels + offsets[cats[ci]])
+        shapes = tqdm(shapes, total=len(jobs), desc=f"generate {split}")
+    try:
+        pts, labs = [], []
+        for (category, *_), (points, labels) in zip(jobs, shapes):
+            pts.append(points)
+            labs.append(labels + offsets[category])
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     cat_ids = np.repeat(np.arange(len(cats), dtype=np.int64), per_category)
     empty = (0, n_points)
     return Dataset(np.stack(pts) if pts else np.zeros(empty + (3,), np.float32),
