@@ -9,11 +9,13 @@ is the embedded engine with the same client API, used by the tests and for a loc
 
 One collection row per shape: `id` (primary key), `text` and optionally `shape` vectors (inner
 product on unit vectors = cosine; FLAT, so exact, unless `index_type` says otherwise), `metadata`
-(the codec's JSON text, returned as stored), `tags`, `model_version`, `added_at` and `seq`
+(the codec's JSON text, returned as stored), `tag_text`, `model_version`, `added_at` and `seq`
 (insertion order, as the FAISS index's ids). Filters must match exactly as the FAISS index's do,
-but Milvus compares JSON loosely (true == 1, and null equals a missing key), so filters run on
-`tags`: each top-level scalar written as a typed string ("s:chair", "n:1", "b:true", "z"), one
-`==` per allowed value (Milvus' `in` takes only plain fields).
+but Milvus compares JSON loosely (true == 1, and null equals a missing key), so each top-level
+scalar is written as a typed string ("s:chair", "n:1", "b:true", "z"), and those tags are kept in
+one plain string, `|key=tag|...` with key and tag hex-encoded (no LIKE wildcard, no separator can
+occur inside): a filter is one `like "%|key=tag|%"` per allowed value. Milvus scans a JSON path
+about 25x slower than a plain string (Milvus Lite, 20,000 rows: 0.9 s against 33 ms).
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ DEFAULT_COLLECTION = "recon_shapes"
 _ID_CHARS = 2048  # bytes: ids are at most 512 characters of UTF-8
 _PAGE = 10_000
 _FIELDS = ("id", "metadata", "model_version", "added_at", "seq")
+TAG_TEXT = "tag_text"
+_TAG_TEXT_CHARS = 65_535  # Milvus' VARCHAR limit; the tags of 16 KiB of metadata take at most about 33,000
 
 
 def is_milvus(location) -> bool:
@@ -50,6 +54,12 @@ def _connect_args(uri: str) -> tuple[dict, str]:
     if "db" in q:
         args["db_name"] = q["db"]
     return args, collection
+
+
+def tag_text(meta: dict) -> str:
+    """The `tag_text` of one record's (decoded) metadata: |hex(key)=hex(tag)| per scalar value."""
+    entries = [f"{k.encode().hex()}={t.encode().hex()}" for k, v in meta.items() if (t := tag(v)) is not None]
+    return "|" + "".join(e + "|" for e in entries)
 
 
 def tag(value) -> str | None:
@@ -93,6 +103,9 @@ class MilvusIndex:
                 raise ValueError(f"{uri} holds dim {held.get(TEXT)} vectors, not {dim}")
             if shape_dim and held.get(SHAPE, shape_dim) != shape_dim:
                 raise ValueError(f"{uri} holds {held[SHAPE]}-d shape vectors, not {shape_dim}")
+            if TAG_TEXT not in have:  # the first Milvus schema kept tags as JSON
+                raise ValueError(f"{uri}: collection {self.collection!r} has no {TAG_TEXT} field (made by an "
+                                 "earlier recon-serve); re-create it: embed into a new collection, then drop this one")
             self._fields = held
         else:
             self._fields = {TEXT: dim, **({SHAPE: shape_dim} if shape_dim else {})}
@@ -114,7 +127,7 @@ class MilvusIndex:
         for name, dim in self._fields.items():
             schema.add_field(name, DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("metadata", DataType.VARCHAR, max_length=metadata_codec.MAX_BYTES * 4)
-        schema.add_field("tags", DataType.JSON)
+        schema.add_field(TAG_TEXT, DataType.VARCHAR, max_length=_TAG_TEXT_CHARS)
         schema.add_field("model_version", DataType.VARCHAR, max_length=256)
         schema.add_field("added_at", DataType.DOUBLE)
         schema.add_field("seq", DataType.INT64)
@@ -159,8 +172,7 @@ class MilvusIndex:
             for i in keep:
                 self._seq = max(self._seq + 1, time.time_ns())  # insertion order, across restarts too
                 meta = json.loads(encoded[i])
-                row = {"id": ids[i], TEXT: vectors[i].tolist(), "metadata": encoded[i],
-                       "tags": {k: t for k, v in meta.items() if (t := tag(v)) is not None},
+                row = {"id": ids[i], TEXT: vectors[i].tolist(), "metadata": encoded[i], TAG_TEXT: tag_text(meta),
                        "model_version": version or "", "added_at": now, "seq": self._seq}
                 if shape_vectors is not None:
                     row[SHAPE] = shape_vectors[i].tolist()
@@ -198,7 +210,10 @@ class MilvusIndex:
 
     # --- reads --------------------------------------------------------------------------
     def __len__(self) -> int:
-        res = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        return self._count("")
+
+    def _count(self, filter: str) -> int:
+        res = self.client.query(self.collection, filter=filter, output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
     def __contains__(self, id) -> bool:
@@ -214,9 +229,9 @@ class MilvusIndex:
         rows = self.client.get(self.collection, ids=[id], output_fields=[field])
         return np.asarray(rows[0][field], dtype=np.float32) if rows else None
 
-    def _all(self, fields: list[str]):
-        """Every row's `fields`, in insertion order."""
-        it = self.client.query_iterator(self.collection, batch_size=_PAGE, filter="", output_fields=fields + ["seq"])
+    def _all(self, fields: list[str], filter: str = ""):
+        """Every (matching) row's `fields`, in insertion order."""
+        it = self.client.query_iterator(self.collection, batch_size=_PAGE, filter=filter, output_fields=fields + ["seq"])
         rows = []
         try:
             while page := it.next():
@@ -229,10 +244,19 @@ class MilvusIndex:
         return [r["id"] for r in self._all(["id"])]
 
     def model_versions(self) -> dict[str | None, int]:
+        """Shapes per model version. The current version's shapes are counted by Milvus (`/readyz` asks
+        on every call, and a large collection is mostly current); only other versions' rows are read."""
         out: dict[str | None, int] = {}
-        for r in self._all(["model_version"]):
-            v = r["model_version"] or None
-            out[v] = out.get(v, 0) + 1
+        rest = ""
+        if self.model_version:
+            current = json.dumps(self.model_version)
+            if n := self._count(f"model_version == {current}"):
+                out[self.model_version] = n
+            rest = f"model_version != {current}"
+        if not rest or self._count(rest):
+            for r in self._all(["model_version"], rest):
+                v = r["model_version"] or None
+                out[v] = out.get(v, 0) + 1
         return out
 
     def export_rows(self, batch: int = 10_000):
@@ -273,9 +297,9 @@ def filter_expression(filter: dict) -> str:
         values = list(wanted) if isinstance(wanted, (list, tuple, set, frozenset)) else [wanted]
         if not values:
             return "false"
-        path = f"tags[{json.dumps(key)}]"
-        tags = sorted({tag(v) for v in values})
-        clauses.append("(" + " or ".join(f"{path} == {json.dumps(t)}" for t in tags) + ")")
+        k = key.encode().hex()
+        tags = sorted({tag(v).encode().hex() for v in values})
+        clauses.append("(" + " or ".join(f'{TAG_TEXT} like "%|{k}={t}|%"' for t in tags) + ")")
     return " and ".join(clauses)
 
 
