@@ -8,8 +8,8 @@ the same model in this process on the same exported graph and thread count (--th
      bare ORT          session.run on the graph the server runs for classify (the global graph, no part
                        head; int8 with --int8) from its ONNX cache, batch 1, on the already prepared
                        cloud (num_points from the model card)
-     in-proc points    what the server does for a JSON body, in this process: json.loads ->
-                       decode_points_json -> prepare (sample + normalise) -> session.run
+     in-proc points    what the server does for a JSON body, in this process: parse_json (the
+                       server's parser) -> decode_points_json -> prepare (sample + normalise) -> session.run
      HTTP points       POST /v1/classify, JSON body {"points": 1,024 x 3} (encoded once, before timing)
      in-proc mesh      the server's mesh pipeline without HTTP: decode in a Decoder worker process (as the
                        server does) -> prepare (area-weighted surface sample + normalise) -> session.run
@@ -192,6 +192,7 @@ def main(argv=None) -> None:
 
     import onnxruntime
 
+    from recon_serve.api.validation import parse_json
     from recon_serve.backends.ort_backend import export_cached
     from recon_serve.export.onnx import ort_session
     from recon_serve.geometry.decode import Decoder, decode_points_json
@@ -243,7 +244,7 @@ def main(argv=None) -> None:
                 return session.run(outputs, {"points": prepared})
 
             def inproc_points():
-                pts = decode_points_json(json.loads(body)["points"])
+                pts = decode_points_json(parse_json(body)["points"])
                 return session.run(outputs, {"points": prepare(pts, n_model).points[None]})
 
             def http_points():

@@ -11,6 +11,7 @@ $RECON_SERVE_CUSTOM_OPS (a built .so) skips the build.
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import logging
@@ -63,6 +64,15 @@ def fetch_headers() -> Path:
     include = root / "usr" / "include" / "onnxruntime"
     if (include / "onnxruntime_cxx_api.h").is_file():
         return include
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / "ortdev.lock", "w") as lock:  # concurrent callers (test workers) wait for one download
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (include / "onnxruntime_cxx_api.h").is_file():
+            return include
+        return _download_headers(root, include)
+
+
+def _download_headers(root: Path, include: Path) -> Path:
     for tool in ("apt-get", "dpkg-deb"):
         if not shutil.which(tool):
             raise RuntimeError(f"{tool} not found (needs a Debian-like system)")
