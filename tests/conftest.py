@@ -7,11 +7,6 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 SHARED = Path(os.environ.get("RECON_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-FIRST = ("test_docs.py",)  # the longest file (README's commands, run as written): on two workers it starts at once
-
-
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name not in FIRST)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
