@@ -15,7 +15,7 @@ but Milvus compares JSON loosely (true == 1, and null equals a missing key), so 
 scalar is written as a typed string ("s:chair", "n:1", "b:true", "z"), and those tags are kept in
 one plain string, `|key=tag|...` with key and tag hex-encoded (no LIKE wildcard, no separator can
 occur inside): a filter is one `like "%|key=tag|%"` per allowed value. Milvus scans a JSON path
-about 25x slower than a plain string (Milvus Lite, 20,000 rows: 0.9 s against 33 ms).
+many times slower than a plain string (bench/bench_index.py --milvus-n: README's figures).
 """
 from __future__ import annotations
 
