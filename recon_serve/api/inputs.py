@@ -23,7 +23,7 @@ from recon_serve.geometry.decode import decode_points_json
 from recon_serve.geometry.preprocess import Prepared, prepare
 
 LIST_FIELDS = ("labels",)  # form fields that may repeat; any other repeated field: the last one counts
-INLINE_POINTS = 8192  # JSON clouds up to this size (in and out) are prepared on the event loop: under 2 ms
+INLINE_POINTS = 8192  # JSON clouds up to this size (in and out) are prepared on the event loop (a few ms at most)
 UNIT_OUTPUTS = ("embedding", "shape_embedding")  # unit length by construction: all zeros means the forward overflowed
 
 
