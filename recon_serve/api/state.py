@@ -179,7 +179,9 @@ def check_backend(backend, fields: dict[str, int]) -> None:
             raise ValueError(f"non-finite values in {k}")
 
 
-def get_state(request: Request) -> AppState:
+# The dependencies below are `async def` on purpose: FastAPI runs a plain `def` dependency in its thread
+# pool, a thread hand-off on every request for what is an attribute read.
+async def get_state(request: Request) -> AppState:
     return request.app.state.recon
 
 
@@ -189,17 +191,17 @@ def _check_key(request: Request, keys) -> None:
         raise Unauthorized("this endpoint needs a valid X-API-Key header")
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """Write endpoints: when API keys are configured, X-API-Key must be one of them."""
-    keys = get_state(request).settings.api_keys
+    keys = request.app.state.recon.settings.api_keys
     if keys:
         _check_key(request, keys)
 
 
-def require_embedding(request: Request) -> None:
+async def require_embedding(request: Request) -> None:
     """Endpoints that need the text-aligned embedding (embed, zero-shot, search, the library): a model
     without one (an official fine-tune checkpoint has no projection) answers 409 saying why."""
-    card = get_state(request).backend.model_card
+    card = request.app.state.recon.backend.model_card
     if not card.get("embedding_dim"):
         raise EmbeddingUnavailable(
             "this model has no text-aligned embedding (a fine-tune checkpoint without text_proj, such as the "
@@ -208,9 +210,9 @@ def require_embedding(request: Request) -> None:
             "RECON_TEXT_TOWER=clip:ViT-B-32:/path/to/ViT-B-32.pt), or a recon-serve checkpoint")
 
 
-def require_read_key(request: Request) -> None:
+async def require_read_key(request: Request) -> None:
     """Reading the library (records, search): when read keys are configured, X-API-Key must be a
     read or a write key, so the records cannot be enumerated without one."""
-    s = get_state(request).settings
+    s = request.app.state.recon.settings
     if s.read_keys:
         _check_key(request, (*s.read_keys, *s.api_keys))

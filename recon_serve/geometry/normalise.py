@@ -5,9 +5,17 @@ import numpy as np
 
 
 def normalise(points: np.ndarray) -> np.ndarray:
-    """Centre [N,3] points on their mean and scale the farthest point to radius 1. Computed in float64:
-    coordinates near the float32 limit (1e38) overflow float32 sums and squares."""
+    """Centre [N,3] points on their mean and scale the farthest point to radius 1."""
+    return normalise_with_frame(points)[0]
+
+
+def normalise_with_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(normalised float32 points, centre [3] float64, radius; 1.0 for a single point) in one pass.
+    Computed in float64: coordinates near the float32 limit (1e38) overflow float32 sums and squares."""
     pts = np.asarray(points, dtype=np.float64)
-    pts = pts - pts.mean(axis=0, keepdims=True)
-    radius = float(np.sqrt((pts ** 2).sum(axis=1)).max())
-    return (pts / radius if radius > 0 else pts).astype(np.float32)
+    centre = pts.mean(axis=0)
+    pts = pts - centre
+    radius = float(np.sqrt((pts * pts).sum(axis=1)).max())
+    if radius > 0:
+        pts /= radius
+    return pts.astype(np.float32), centre, radius if radius > 0 else 1.0

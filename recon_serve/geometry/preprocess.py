@@ -20,7 +20,7 @@ import numpy as np
 from recon_serve.data.readers import resample_points, sample_mesh
 from recon_serve.errors import BadRequest, EmptyShape, InvalidPoints, NonFiniteCoordinates
 from recon_serve.geometry.decode import Decoded
-from recon_serve.geometry.normalise import normalise as _normalise
+from recon_serve.geometry.normalise import normalise_with_frame
 
 MODEL_UP_AXIS = "z"
 
@@ -71,9 +71,8 @@ def prepare(shape: Decoded | np.ndarray, n_points: int = 1024, up_axis: str = MO
         pts = resample_points(cloud, n_points, seed)
     if not np.isfinite(pts).all():
         raise NonFiniteCoordinates("the shape has NaN or infinite coordinates")
-    pts = (pts.astype(np.float64) @ rotation.T).astype(np.float32)
+    if up_axis != model_up:  # the identity is skipped: it would change nothing but cost a pass
+        pts = (pts.astype(np.float64) @ rotation.T).astype(np.float32)
     if not normalise:
         return Prepared(pts, np.zeros(3), 1.0, rotation)
-    centre = pts.astype(np.float64).mean(axis=0)  # what normalise() subtracts and divides by, kept to map results back
-    radius = float(np.sqrt(((pts - centre) ** 2).sum(axis=1)).max())
-    return Prepared(_normalise(pts), centre.astype(np.float64), radius if radius > 0 else 1.0, rotation)
+    return Prepared(*normalise_with_frame(pts), rotation)  # centre and radius kept to map results back

@@ -14,7 +14,7 @@ router = APIRouter()
 
 
 @router.get("/healthz", response_model=schemas.Health)
-def healthz():
+async def healthz():
     """The process answers (no dependencies checked)."""
     return {"status": "ok"}
 
