@@ -26,12 +26,14 @@ def encode(model, points: np.ndarray, batch_size: int = 128, votes: int = 1, see
     if backend is not None and shape_kinds:
         raise ValueError("extra shape poolings (shape_kinds) need the torch model, not a backend")
     model.eval()
+    device = next(model.parameters()).device  # a model on the GPU (a lent machine's training run)
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, list] = {}
 
     def run(xv) -> dict:
+        xv = xv.to(device)
         if backend is not None:
-            res = {k: torch.from_numpy(v) for k, v in backend.infer(xv.numpy()).items()}
+            res = {k: torch.from_numpy(v) for k, v in backend.infer(xv.cpu().numpy()).items()}
             if "logits" in res:
                 res["probs"] = res.pop("logits").softmax(-1)
             return {k: t.float() for k, t in res.items() if k in ("shape_embedding", "embedding", "probs")}
@@ -44,7 +46,7 @@ def encode(model, points: np.ndarray, batch_size: int = 128, votes: int = 1, see
         res.update({f"shape:{k}": model.shape_embedding(queries, tokens, k) for k in shape_kinds})
         if model.cls_head is not None:
             res["probs"] = model.head_logits(queries, tokens).float().softmax(-1)
-        return {k: t.float() for k, t in res.items()}
+        return {k: t.float().cpu() for k, t in res.items()}
 
     def keep(key: str, t: torch.Tensor) -> None:
         out.setdefault(key, []).append(t if key.endswith("probs") else torch.nn.functional.normalize(t, dim=-1))
@@ -61,7 +63,7 @@ def encode(model, points: np.ndarray, batch_size: int = 128, votes: int = 1, see
             order = torch.rand(x.shape[:2], generator=gen).argsort(1)
             xv = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, 3))
             xv = xv * torch.empty(len(x), 1, 3).uniform_(0.8, 1.25, generator=gen)
-            with autocast_context("cpu", enabled=bf16_votes):
+            with autocast_context(device, enabled=bf16_votes):
                 for k, t in run(xv).items():
                     acc[k] = acc[k] + t
         for k, t in acc.items():

@@ -6,6 +6,8 @@
     recon-train finetune-seg --init runs/tiny/finetune.pt --run runs/tiny   # part segmentation head
     recon-train generate --out data/procedural --per-category 64   # part-labelled synthetic shapes
     recon-train splits --out runs/splits    # the recipe's val / class-disjoint / test sets as .npz
+    recon-train gpu-pack --out runs/gpu_pack   # fine-tuning on a lent GPU machine: see training/gpu.py
+    recon-train gpu-unpack --from DIR --run runs/gpu --pack runs/gpu_pack
 """
 from __future__ import annotations
 
@@ -311,6 +313,14 @@ def main(argv=None):
     sp = sub.add_parser("splits", help="write the default recipe's val / class-disjoint / test splits as packed .npz sets")
     sp.add_argument("--out", type=Path, required=True)
     sp.add_argument("--data")
+    gp = sub.add_parser("gpu-pack", help="pack data, caption features and start weights for a GPU run (training/gpu.py)")
+    gp.add_argument("--out", type=Path, required=True)
+    gp.add_argument("--data")
+    gp.add_argument("--init", help="start model (default: the shipped one)")
+    gu = sub.add_parser("gpu-unpack", help="<run>/finetune.pt from a GPU run's files (training/gpu.py)")
+    gu.add_argument("--from", dest="src", type=Path, required=True, help="the folder the GPU run wrote (its $OUT)")
+    gu.add_argument("--run", type=Path, required=True)
+    gu.add_argument("--pack", type=Path, required=True, help="the pack that run was given")
     g = sub.add_parser("generate", help="write procedural part-labelled shapes (recon_serve/data/procedural)")
     g.add_argument("--out", type=Path, required=True)
     g.add_argument("--per-category", type=int, default=16)
@@ -354,6 +364,17 @@ def main(argv=None):
             save_packed(args.out / f"{name}.npz", splits[name].packed(vocab, name=name))
         print(f"{args.out}: val {len(splits['val'])}, disjoint {len(splits['disjoint'])} ({len(held)} classes: "
               f"{', '.join(held)}), test {len(splits['test'])} shapes")
+        return
+    if args.cmd in ("gpu-pack", "gpu-unpack"):
+        from training import gpu
+
+        try:
+            if args.cmd == "gpu-pack":
+                gpu.build_pack(args.out, args.data, args.init)
+            else:
+                gpu.unpack(args.src, args.run, args.pack)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            raise SystemExit(f"error: {e}") from None
         return
     if args.cmd == "generate":
         generate_files(args.out, args.per_category, args.points, args.seed, args.split, args.format, args.categories)

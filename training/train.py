@@ -48,6 +48,7 @@ class Recipe:
     n_points: int = 1024  # points per training cloud: a fresh random subset each epoch of clouds that have more
     rotate: bool = False  # random rotation about the up axis (z) per cloud
     point_dropout: float = 0.0  # drop up to this fraction of each cloud's points (PointNet++'s random dropout)
+    save_state: bool = True  # write <run>/<stage>.state.pt each epoch (resumable); off on a lent GPU run
 
 
 def _dist_info():
@@ -117,10 +118,11 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
 
     teacher = teacher or load_teacher()
     bank = CaptionBank(class_names, teacher).to(device)
-    points, labels = data[0], torch.as_tensor(np.asarray(data[1]))
-    uniform = isinstance(points, np.ndarray) and points.shape[1] == recipe.n_points
+    points, labels = data[0], torch.as_tensor(data[1])
     if isinstance(points, np.ndarray):
         points = torch.from_numpy(points)
+    # one tensor of n-point clouds (it may already be on the device): batches are slices of it
+    uniform = isinstance(points, torch.Tensor) and points.shape[1] == recipe.n_points
     part_weight = part_weights(labels, model.cfg.num_parts, recipe.part_balance) if recipe.stage == "seg" else None
     part_weight = None if part_weight is None else part_weight.to(device)
     model.to(device)
@@ -205,6 +207,7 @@ def train(model, data, recipe: Recipe, run_dir, class_names, test_data=None, tea
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             log(json.dumps(rec))
+        if rank == 0 and recipe.save_state:
             _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                           "rng": torch.get_rng_state(), "epoch": epoch + 1, "recipe": asdict(recipe)}, state_path)
     return ema
