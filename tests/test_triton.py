@@ -1,5 +1,5 @@
 """Triton model repository: layout, config.pbtxt through Triton's own protobuf, model card, the real bundled
-tritonserver answering over HTTP and gRPC (the `export` / `check-export` CLI: README's commands, tests/test_docs.py)."""
+tritonserver answering over HTTP and gRPC (the `export` / `check-export` CLI: README's commands, tests/test_docs_export.py)."""
 import json
 
 import numpy as np
@@ -159,7 +159,7 @@ def test_server_start_failure_reports_the_log(repo, triton_env):
         TritonServer(repo[0], models=["no_such_model"], env=triton_env, ready_timeout=60).start()
 
 
-# `export` then `check-export` on the shipped default: README's commands, run by tests/test_docs.py.
+# `export` then `check-export` on the shipped default: README's commands, run by tests/test_docs_export.py.
 
 
 def test_auto_falls_back_to_pure_onnx_and_says_so(tmp_path, checkpoint, monkeypatch):
