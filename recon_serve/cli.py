@@ -325,7 +325,7 @@ def main(argv=None) -> int:
     rt.add_argument("--checkpoint", help="checkpoint (default: the shipped model)")
     rt.add_argument("--points", type=int, default=1024, help="points per shape given to the model")
     rt.add_argument("--up-axis", choices=("y", "z"), default="z", help="the files' up axis (folders of meshes)")
-    rt.add_argument("--shape-embeddings", help="also measure these poolings, comma-separated (max,mean_max,cls_max)")
+    rt.add_argument("--shape-embeddings", help="also measure these poolings, comma-separated (max,mean_max,cls_max,cls_max_text)")
     rt.add_argument("--no-d2", action="store_true", help="skip the D2 baseline")
     rt.add_argument("--json", help="write the figures here")
     rt.set_defaults(fn=_eval_retrieval)

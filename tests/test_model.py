@@ -159,3 +159,22 @@ def test_patch_embedding_folds_batchnorm_in_eval_and_keeps_batch_statistics_in_t
     net.train()
     with torch.no_grad():
         assert (net(x) - unfused(x)).abs().max() <= 1e-5  # batch statistics, not the running ones
+
+
+def test_every_shape_embedding_has_its_stated_size_and_the_blend_weighs_its_halves_alike():
+    from recon_serve.model.recon import SHAPE_EMBEDDINGS
+
+    torch.manual_seed(0)
+    model, _ = create_model("micro", num_classes=3)
+    x = torch.randn(4, 256, 3)
+    with torch.no_grad():
+        queries, tokens = model.features(x)
+        for kind in SHAPE_EMBEDDINGS:
+            model.cfg.shape_embedding = kind
+            e = model(x)["shape_embedding"]
+            assert e.shape == (4, model.shape_embedding_dim), kind
+            assert torch.allclose(e.norm(dim=-1), torch.ones(4), atol=1e-5), kind
+        blend = model.shape_embedding(queries, tokens, "cls_max_text")
+        geo, text = model.shape_embedding(queries, tokens, "cls_max"), model.text_embedding(queries)
+    # cosine of the blend = the mean of its halves' cosines: geometry and label words count alike
+    assert torch.allclose(blend @ blend.T, (geo @ geo.T + text @ text.T) / 2, atol=1e-5)

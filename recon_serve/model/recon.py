@@ -21,7 +21,9 @@ from recon_serve.model.seg import SegHead
 QUERY_NAMES = ("cls", "img", "text")
 # How the shape embedding (shape-to-shape search) is pooled from the encoder; chosen on validation
 # data by `recon-serve eval-retrieval --shape-embeddings ...`. Each part is unit length before joining.
-SHAPE_EMBEDDINGS = ("max", "mean_max", "cls_max")
+# poolings of the local tokens for shape-to-shape search; cls_max_text also joins the text embedding,
+# equally weighted, so a search by example weighs geometry and what the shape is called alike
+SHAPE_EMBEDDINGS = ("max", "mean_max", "cls_max", "cls_max_text")
 
 
 @dataclass
@@ -262,12 +264,19 @@ class ReCon(nn.Module):
 
     @property
     def shape_embedding_dim(self) -> int:
-        return self.cfg.trans_dim * (1 if self.cfg.shape_embedding == "max" else 2)
+        kind = self.cfg.shape_embedding
+        return self.cfg.trans_dim * (1 if kind == "max" else 2) + (self.cfg.text_dim if kind == "cls_max_text" else 0)
 
     def shape_embedding(self, queries, tokens, kind: str | None = None) -> torch.Tensor:
         """Unit-length shape descriptor for shape-to-shape search, pooled from the local tokens
-        (which reconstruction trains on geometry) rather than the text query (trained on label words)."""
+        (which reconstruction trains on geometry); cls_max_text joins cls_max and the text embedding
+        (trained on label words), each unit length."""
         kind = kind or self.cfg.shape_embedding
+        if kind == "cls_max_text":
+            text = self.text_embedding(queries)
+            if text is None:
+                raise ValueError("the cls_max_text shape embedding needs a text projection; this model has none")
+            return F.normalize(torch.cat([self.shape_embedding(queries, tokens, "cls_max"), text], -1), dim=-1)
         parts = {"max": [tokens.max(1).values], "mean_max": [tokens.max(1).values, tokens.mean(1)],
                  "cls_max": [queries[:, QUERY_NAMES.index("cls")], tokens.max(1).values]}.get(kind)
         if parts is None:
