@@ -7,6 +7,7 @@ import pytest
 
 from recon_serve.errors import InvalidMetadata
 from recon_serve.index import open_index
+from recon_serve.index.store import VectorSizeMismatch
 
 DIM, SHAPE_DIM = 8, 4
 CARD = {"embedding_dim": DIM, "shape_embedding_dim": SHAPE_DIM}
@@ -104,3 +105,6 @@ def test_bad_input_is_refused_before_anything_is_stored(location):
         assert len(index) == 0
     with open_index(location, {"embedding_dim": DIM * 2, "shape_embedding_dim": SHAPE_DIM}, "v1") as index:
         assert index.fields == {"text": DIM, "shape": SHAPE_DIM}  # an existing index keeps its sizes
+    # a model whose shape vectors have another size (a new default, say) is told how to move on
+    with pytest.raises(VectorSizeMismatch, match=r"holds 4-d shape vectors, but this model makes 8-d ones: embed the library into a new index"):
+        open_index(location, {"embedding_dim": DIM, "shape_embedding_dim": SHAPE_DIM * 2}, "v2")

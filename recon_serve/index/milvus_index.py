@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from . import metadata as metadata_codec
-from .store import SHAPE, TEXT, Hit, Record, check_ids, unit_rows
+from .store import SHAPE, TEXT, Hit, Record, VectorSizeMismatch, check_ids, unit_rows
 
 DEFAULT_COLLECTION = "recon_shapes"
 _ID_CHARS = 2048  # bytes: ids are at most 512 characters of UTF-8
@@ -86,8 +86,9 @@ class MilvusIndex:
 
     def __init__(self, uri: str, dim: int = 384, shape_dim: int = 0, model_version: str | None = None,
                  index_type: str = "FLAT", existing_wins: bool = False):
-        """`existing_wins`: an existing collection keeps its sizes (as ShapeIndex.for_model opens a
-        directory with its saved ones); otherwise a size mismatch is a ValueError."""
+        """`existing_wins`: an existing collection keeps its text field's size (as ShapeIndex.for_model
+        opens a directory with its saved one); a shape size other than the model's is a VectorSizeMismatch
+        either way, and so is any size mismatch without it."""
         from pymilvus import MilvusClient
 
         args, self.collection = _connect_args(uri)
@@ -97,12 +98,12 @@ class MilvusIndex:
         if self.client.has_collection(self.collection):
             have = {f["name"]: f for f in self.client.describe_collection(self.collection)["fields"]}
             held = {n: int(have[n]["params"]["dim"]) for n in (TEXT, SHAPE) if n in have}
-            if existing_wins:
-                dim, shape_dim = held[TEXT], held.get(SHAPE, 0)
+            if existing_wins:  # as the FAISS index: the text field keeps its size, the model's shape size is checked
+                dim, shape_dim = held[TEXT], shape_dim or held.get(SHAPE, 0)
             if held.get(TEXT) != dim:
-                raise ValueError(f"{uri} holds dim {held.get(TEXT)} vectors, not {dim}")
+                raise VectorSizeMismatch(uri, TEXT, held.get(TEXT), dim)
             if shape_dim and held.get(SHAPE, shape_dim) != shape_dim:
-                raise ValueError(f"{uri} holds {held[SHAPE]}-d shape vectors, not {shape_dim}")
+                raise VectorSizeMismatch(uri, SHAPE, held[SHAPE], shape_dim)
             if TAG_TEXT not in have:  # the first Milvus schema kept tags as JSON
                 raise ValueError(f"{uri}: collection {self.collection!r} has no {TAG_TEXT} field (made by an "
                                  "earlier recon-serve); re-create it: embed into a new collection, then drop this one")

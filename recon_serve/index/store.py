@@ -78,6 +78,16 @@ class Settings:
     use_gpu: bool = True  # flat searches on a GPU copy when faiss sees a GPU
 
 
+class VectorSizeMismatch(ValueError):
+    """The index holds vectors of another size than the model makes (a model with another embedding
+    was deployed): its vectors cannot be searched with this model's, nor re-embedded in place."""
+
+    def __init__(self, where, field: str, held: int, want: int):
+        super().__init__(f"{where} holds {held}-d {field} vectors, but this model makes {want}-d ones: embed the "
+                         f"library into a new index (`recon-serve embed SOURCE --index NEW_DIR_OR_URI`) and serve "
+                         f"that one (--reindex re-embeds in place, at the index's own sizes)")
+
+
 class ShapeIndex:
     def __init__(self, path, dim: int = 384, model_version: str | None = None,
                  exact_limit: int = 50_000, **settings):
@@ -86,9 +96,9 @@ class ShapeIndex:
         self.path.mkdir(parents=True, exist_ok=True)
         saved = _read_settings(self.path)
         if saved is not None and saved.get("dim") != dim:
-            raise ValueError(f"{self.path} holds dim {saved.get('dim')} vectors, not {dim}")
+            raise VectorSizeMismatch(self.path, TEXT, saved.get("dim"), dim)
         if saved is not None and saved.get("shape_dim", 0) not in (0, self.settings.shape_dim):
-            raise ValueError(f"{self.path} holds {saved['shape_dim']}-d shape vectors, not {self.settings.shape_dim}")
+            raise VectorSizeMismatch(self.path, SHAPE, saved["shape_dim"], self.settings.shape_dim)
         self._lock = threading.RLock()
         self._lockfile = _lock_dir(self.path)
         self._db = None
