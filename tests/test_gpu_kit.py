@@ -57,7 +57,7 @@ def test_pack_run_and_pieces_rebuild_the_trained_model(tmp_path):
     assert meta["n_points"] == 256 and meta["train"] == 64 and meta["classes"] == 4
     assert "seg_head.head.weight" not in torch.load(tmp_path / "pack" / "init.pt", weights_only=False)["state_dict"]
 
-    summary = gpu.run(tmp_path / "pack", tmp_path / "out", seconds=20, recipe_overrides={"batch_size": 16},
+    summary = gpu.run(tmp_path / "pack", tmp_path / "out", seconds=8, recipe_overrides={"batch_size": 16},
                       log=lambda *_: None)
     assert summary["recipe"]["epochs"] >= 1 and summary["recipe"]["save_state"] is False
     assert len(summary["epochs_log"]) == summary["recipe"]["epochs"]
