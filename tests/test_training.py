@@ -113,3 +113,16 @@ def test_several_processes_average_their_gradients():
     for p in procs:
         p.join(30)
     assert results == [(0, [1.5] * 3, [2.0] * 2), (1, [1.5] * 3, [2.0] * 2)]
+
+
+def test_class_balanced_order_draws_rare_classes_more_often():
+    from training.train import epoch_order
+
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    torch.manual_seed(0)
+    assert sorted(epoch_order(labels).tolist()) == list(range(100))  # balance 0: a shuffle
+    draws = torch.cat([epoch_order(labels, 1.0) for _ in range(50)])
+    rare = (labels[draws] == 1).float().mean().item()
+    assert 0.45 < rare < 0.55  # b=1: both classes alike, against 10 % in a shuffle
+    half = (labels[torch.cat([epoch_order(labels, 0.5) for _ in range(50)])] == 1).float().mean().item()
+    assert 0.2 < half < 0.3  # b=0.5: shares go as sqrt(n): 10^0.5 / (90^0.5 + 10^0.5) = 0.25

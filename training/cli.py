@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from recon_serve.data.modelnet import load_modelnet10
@@ -310,6 +310,8 @@ def main(argv=None):
     d.add_argument("--init", help="warm start the pretraining from this checkpoint (the model card names the one used)")
     d.add_argument("--refine", action="store_true",
                    help="skip pretraining: fine-tune --init further with the 'refine' recipe, then seg and calibration")
+    d.add_argument("--class-balance", type=float, default=None,
+                   help="fine-tuning draws a shape of a class with n shapes weighted n^-B (default 0: a plain shuffle)")
     sp = sub.add_parser("splits", help="write the default recipe's val / class-disjoint / test splits as packed .npz sets")
     sp.add_argument("--out", type=Path, required=True)
     sp.add_argument("--data")
@@ -382,7 +384,9 @@ def main(argv=None):
     log = _logger(args.run)
 
     if args.cmd == "default":
-        R = DEFAULT_RECIPE
+        R = dict(DEFAULT_RECIPE)
+        if args.class_balance is not None:
+            R["finetune"], R["refine"] = (replace(R[k], class_balance=args.class_balance) for k in ("finetune", "refine"))
         if args.refine:
             if not args.init:
                 raise SystemExit("error: --refine needs --init (the model to fine-tune further)")
