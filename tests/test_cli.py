@@ -76,7 +76,7 @@ def test_finetune_seg_then_eval_seg_contract(tmp_path):
     save_checkpoint(tmp_path / "init.pt", model.eval(), class_names=MODELNET10)
     train = subprocess.run([sys.executable, "-m", "training.cli", "finetune-seg", "--init", str(tmp_path / "init.pt"),
                             "--run", str(tmp_path), "--per-category", "2", "--points", "256", "--epochs", "1",
-                            "--batch-size", "16"], capture_output=True, text=True, timeout=600)
+                            "--batch-size", "16", "--test-per-category", "1"], capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr[-2000:]
     out = _cli("eval-seg", "--checkpoint", str(tmp_path / "seg.pt"), "--per-category", "1", "--points", "256",
                "--json", str(tmp_path / "s.json"))
@@ -97,7 +97,7 @@ def test_finetune_seg_refines_a_trained_head_with_local_descriptor_and_balance(t
     torch.manual_seed(0)
     model, _ = create_model("micro", num_classes=10)
     save_checkpoint(tmp_path / "init.pt", model.eval(), class_names=MODELNET10)
-    common = ["--per-category", "2", "--points", "256", "--epochs", "1", "--batch-size", "16"]
+    common = ["--per-category", "2", "--points", "256", "--epochs", "1", "--batch-size", "16", "--test-per-category", "1"]
     for init, run, extra in (("init.pt", "a", ["--part-balance", "0"]),
                              ("a/seg.pt", "b", ["--seg-local-k", "8", "--part-balance", "0.5"])):
         r = subprocess.run([sys.executable, "-m", "training.cli", "finetune-seg", "--init", str(tmp_path / init),

@@ -303,6 +303,7 @@ def main(argv=None):
     sg.add_argument("--per-category", type=int, default=DEFAULT_RECIPE["seg_data"]["per_category"])
     sg.add_argument("--points", type=int, default=DEFAULT_RECIPE["seg_data"]["points"])
     sg.add_argument("--seed", type=int, default=0)
+    sg.add_argument("--test-per-category", type=int, default=20, help="held-out shapes per category for the mIoU logged")
     _add_recipe_args(sg, skip=("seed",))
     d = sub.add_parser("default", help="run the shipped default's full recipe")
     d.add_argument("--run", type=Path, default=Path("runs/default"))
@@ -402,7 +403,7 @@ def main(argv=None):
     if args.cmd == "finetune-seg":
         overrides = {k: getattr(args, k) for k in Recipe.__dataclass_fields__ if k != "stage" and getattr(args, k, None) is not None}
         recipe = Recipe(**{**asdict(DEFAULT_RECIPE["seg"]), **overrides})
-        run_seg_stage(recipe, args.run, args.init, args.per_category, args.points, args.seed, log)
+        run_seg_stage(recipe, args.run, args.init, args.per_category, args.points, args.seed, log, args.test_per_category)
         return
     overrides = {k: getattr(args, k) for k in Recipe.__dataclass_fields__ if k != "stage" and getattr(args, k) is not None}
     recipe = Recipe(stage=args.cmd, **overrides)
