@@ -206,6 +206,7 @@ def run(pack: Path, out: Path, seconds: float, recipe_overrides: dict | None = N
     state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in ema.state_dict().items()}
     pieces = save_pieces(state, out)
     history = [json.loads(line) for line in (scratch / "run" / "finetune.log.jsonl").read_text().splitlines()]
+    shutil.rmtree(scratch, ignore_errors=True)
     summary = {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
                "torch": torch.__version__, "seconds_budget": seconds, "seconds": round(time.time() - t_start, 1),
                "epoch_s": round(epoch_s, 2), "shapes_per_s": round(shapes_per_s, 1),
