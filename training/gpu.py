@@ -159,6 +159,7 @@ def run(pack: Path, out: Path, seconds: float, recipe_overrides: dict | None = N
         log=print) -> dict:
     """Fine-tune the pack's start model for about `seconds` in all; limit: train and validate on N
     random shapes only (a smoke run on a CPU)."""
+    import shutil
     import tempfile
 
     from recon_serve.evaluate import evaluate
