@@ -167,6 +167,9 @@ def _check_export(args) -> int:
     print(f"{result['version_dir']}: max_abs_diff {result['max_abs_diff']:.2e} "
           f"({' and '.join(result['runtimes_compared'])} against torch eager); "
           f"FPS/kNN indices {'equal' if result['indices_equal'] else 'DIFFER'}")
+    plan = result["runtimes"]["tensorrt"]
+    print(f"TensorRT plan: max_abs_diff {plan['max_abs_diff']:.2e} against torch eager" if "max_abs_diff" in plan
+          else f"TensorRT plan: not compared ({plan['skipped']})")
     return 0
 
 

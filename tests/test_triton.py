@@ -205,3 +205,27 @@ def test_triton_follows_deploy_and_rollback(checkpoint, triton_env, tmp_path):
         got = old.infer(x)
         for name, want in _expected((repo,), x).items():
             np.testing.assert_allclose(got[name], want, atol=1e-5, rtol=0)
+
+
+def test_check_export_says_why_the_plan_was_not_compared(repo):
+    """Without a plan (no TensorRT here) check-export's tensorrt row names what is missing, not a figure."""
+    from recon_serve.export.check import _plan_check
+
+    out, summary = repo
+    row = _plan_check(out, "1", np.zeros((1, 256, 3), np.float32), {})
+    if summary["tensorrt"]["plan"]:
+        pytest.skip("a plan was built here: test_plan_matches_torch compares it")
+    assert "max_abs_diff" not in row and "recon_trt/1/model.plan" in row["skipped"]
+
+
+@pytest.mark.gpu
+def test_plan_matches_torch(repo, checkpoint):
+    """Where TensorRT and a GPU are: check-export runs the plan and compares it with torch."""
+    from recon_serve.export.check import check_export
+    from recon_serve.export.tensorrt.build import tensorrt_available
+
+    why = tensorrt_available()
+    if why or not repo[1]["tensorrt"]["plan"]:
+        pytest.skip(f"no TensorRT plan to compare: {why or repo[1]['tensorrt']['note']}")
+    row = check_export(repo[0], checkpoint)["runtimes"]["tensorrt"]
+    assert row["max_abs_diff"] < 1e-3, row

@@ -1,4 +1,5 @@
-"""Check an exported model repository against its checkpoint: torch eager vs ORT custom-op vs ORT pure.
+"""Check an exported model repository against its checkpoint: torch eager vs ORT custom-op vs ORT pure,
+and vs the TensorRT plan (recon_trt) where one was built and the tensorrt module and a GPU are here.
 
 Outputs are compared as floats (max abs diff); FPS/kNN indices are compared exactly, from the grouping ops
 exported alone, because a one-index slip changes a patch yet can hide inside a small float difference.
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon_serve.export.triton_repo import ONNX_MODEL, PYTHON_MODEL, latest_version
+from recon_serve.export.triton_repo import ONNX_MODEL, PLAN_FILE, PYTHON_MODEL, TRT_LIBRARY_NAME, TRT_MODEL, latest_version
 
 
 def sample_clouds(num_points: int, count: int = 4, data=None) -> tuple[np.ndarray, str]:
@@ -60,6 +61,21 @@ def _index_check(path: Path, x: np.ndarray, ref_centres: np.ndarray, ref_patches
             "fps_mismatches": int((centres != ref_centres).sum()), "knn_mismatches": int((patches != ref_patches).sum())}
 
 
+def _plan_check(repo_dir: Path, version: str, x: np.ndarray, reference: dict) -> dict:
+    """The plan's outputs against torch (its own figure: a plan may run bf16 kernels), or why not."""
+    from recon_serve.export.tensorrt.build import run_plan, tensorrt_available
+
+    d = repo_dir / TRT_MODEL / version
+    if not (d / PLAN_FILE).is_file():
+        return {"skipped": f"no {TRT_MODEL}/{version}/{PLAN_FILE} (built by `recon-serve export` where TensorRT and a GPU are)"}
+    why = tensorrt_available()
+    if why:
+        return {"skipped": why}
+    out, ms = _timed(lambda: run_plan(d / PLAN_FILE, d / TRT_LIBRARY_NAME, x))
+    diffs = {n: float(np.abs(o - reference[n]).max()) for n, o in out.items() if n in reference}
+    return {"max_abs_diff": max(diffs.values()), "per_output": diffs, "ms_per_batch": round(ms, 2)}
+
+
 def check_export(repo_dir: str | Path, checkpoint=None, data=None) -> dict:
     """Figures for the newest version in repo_dir (see module doc); `max_abs_diff` and `indices_equal` sum it up."""
     from recon_serve.export.onnx import export_grouping_onnx, export_onnx, ort_session
@@ -96,6 +112,7 @@ def check_export(repo_dir: str | Path, checkpoint=None, data=None) -> dict:
                                                  **_output_diffs(ort_session(path, threads=2), x, ref)}
             grouping = export_grouping_onnx(cfg.num_group, cfg.group_size, Path(tmp) / f"group_{mode}.onnx", mode=mode)
             result["indices"][mode] = _index_check(grouping, x, ref_centres, ref_patches)
+    result["runtimes"]["tensorrt"] = _plan_check(repo_dir, version_dir.name, x, ref)
     ort_runs = [r for k, r in result["runtimes"].items() if k.startswith("ort_") and "max_abs_diff" in r]
     result["max_abs_diff"] = max(r["max_abs_diff"] for r in ort_runs)
     result["indices_equal"] = all(c["fps_equal"] and c["knn_equal"] for c in result["indices"].values())

@@ -141,5 +141,37 @@ def build_engine(onnx_path, plan_path, plugin_lib, *, input_name: str = "points"
     return plan_path
 
 
-__all__ = ["LIBRARY_NAME", "build_engine", "build_plugin_library", "compile_check", "tensorrt_available",
+def run_plan(plan_path, plugin_lib, x, input_name: str = "points") -> dict:
+    """{output name: array} of a serialized engine on one batch `x` [B,N,3] float32 (CUDA buffers from
+    torch): how check-export compares a plan with torch. Needs the tensorrt module and a GPU."""
+    import numpy as np
+    import tensorrt as trt
+    import torch
+
+    ctypes.CDLL(str(plugin_lib), mode=ctypes.RTLD_GLOBAL)
+    logger = trt.Logger(trt.Logger.WARNING)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(plan_path).read_bytes())
+    if engine is None:
+        raise RuntimeError(f"TensorRT could not load {plan_path} (built by another TensorRT version or GPU?)")
+    context = engine.create_execution_context()
+    points = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).cuda()
+    context.set_input_shape(input_name, tuple(points.shape))
+    context.set_tensor_address(input_name, points.data_ptr())
+    outputs = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        if engine.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:
+            continue
+        dtype = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+                 trt.DataType.BF16: torch.bfloat16, trt.DataType.INT64: torch.int64}[engine.get_tensor_dtype(name)]
+        outputs[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype, device="cuda")
+        context.set_tensor_address(name, outputs[name].data_ptr())
+    stream = torch.cuda.current_stream()
+    if not context.execute_async_v3(stream.cuda_stream):
+        raise RuntimeError(f"TensorRT failed to run {plan_path}")
+    stream.synchronize()
+    return {k: v.float().cpu().numpy() for k, v in outputs.items()}
+
+
+__all__ = ["LIBRARY_NAME", "build_engine", "build_plugin_library", "compile_check", "run_plan", "tensorrt_available",
            "trt_include"]
