@@ -13,7 +13,7 @@ of 16 MiB. So the work is split in three:
 The pack holds the default recipe's training and validation shapes (the same splits, class-disjoint
 classes held out) at 1,024 points with 8-bit coordinates per shape, the text teacher's features of
 every caption the fine-tuning and its zero-shot check use (so no text model runs there), and the
-start model in fp16 without its part head (`--init`, default the shipped model), about 38 MB. The
+start model in fp16 without its part head (`--init`, default the shipped model): 56 MiB in all. The
 tracked `models/default/recon_default.pt` would travel with the working tree too (49 MB, over the
 limit with the pack): untrack it for the run (`git rm -q --cached models/default/recon_default.pt`,
 then `git add models/default/recon_default.pt` after) and carry the pack (`carry: ["runs/gpu_pack"]`).

@@ -20,9 +20,9 @@ from recon_serve.model.seg import SegHead
 
 QUERY_NAMES = ("cls", "img", "text")
 # How the shape embedding (shape-to-shape search) is pooled from the encoder; chosen on validation
-# data by `recon-serve eval-retrieval --shape-embeddings ...`. Each part is unit length before joining.
-# poolings of the local tokens for shape-to-shape search; cls_max_text also joins the text embedding,
-# equally weighted, so a search by example weighs geometry and what the shape is called alike
+# data by the calibration step (`recon-serve eval-retrieval --shape-embeddings ...` reports each).
+# Each part is unit length before joining; cls_max_text also joins the text embedding, weighted as
+# the geometric part, so a search by example weighs geometry and what the shape is called alike.
 SHAPE_EMBEDDINGS = ("max", "mean_max", "cls_max", "cls_max_text")
 
 
