@@ -90,8 +90,9 @@ class BodyGuard:
                 return await receive()
             left = deadline - asyncio.get_running_loop().time()
             try:
-                message = await asyncio.wait_for(receive(), max(left, 0.001))
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(max(left, 0.001)):  # wait_for would wrap receive() in a task
+                    message = await receive()
+            except TimeoutError:
                 return await refuse(RequestTimeout(f"the request body did not arrive within {self.timeout_s:g} s"))
             seen += len(message.get("body", b""))
             done = message["type"] != "http.request" or not message.get("more_body", False)
