@@ -90,9 +90,11 @@ def write_result(path, result: dict, machine: dict) -> None:
     print(f"\nwrote {out} ({machine['cpu']}, load average {machine['loadavg_start'][0]} -> {machine['loadavg_end'][0]})")
 
 
-def round_robin(runners: dict, repeats: int, warmup: int = WARMUP) -> dict:
+def round_robin(runners: dict, repeats: int, warmup: int = WARMUP, block: int = 1) -> dict:
     """{key: fn} -> {key: [seconds per call]}: `warmup` calls each, then `repeats` rounds calling every
-    fn once, starting each round at the next fn so machine noise hits all of them alike."""
+    fn once, starting each round at the next fn so machine noise hits all of them alike. block > 1:
+    each turn is one untimed call and then `block` timed ones in a row (a steady stream of the same
+    call, caches warm with it, instead of each call after another fn's)."""
     for fn in runners.values():
         for _ in range(warmup):
             fn()
@@ -100,9 +102,12 @@ def round_robin(runners: dict, repeats: int, warmup: int = WARMUP) -> dict:
     times = {k: [] for k in keys}
     for r in range(repeats):
         for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            t0 = time.perf_counter()
-            runners[k]()
-            times[k].append(time.perf_counter() - t0)
+            if block > 1:
+                runners[k]()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                runners[k]()
+                times[k].append(time.perf_counter() - t0)
     return times
 
 

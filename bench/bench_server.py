@@ -4,7 +4,9 @@ One run, one server (`recon-serve serve`, ORT backend, started on a free port li
 the same model in this process on the same exported graph and thread count (--threads, default 2):
 
 1. Latency, round-robin after warm-up (every runner called once per round, start rotated per
-   round, so machine noise hits all alike), --repeats rounds; p50 / p95 / mean ms of
+   round, so machine noise hits all alike), --repeats rounds; with --block N each runner's turn is
+   one untimed call and N timed ones in a row (a steady stream of one kind of request, rather than
+   each call right after another runner's); p50 / p95 / mean ms of
      bare ORT          session.run on the graph the server runs for classify (the global graph, no part
                        head; int8 with --int8) from its ONNX cache, batch 1, on the already prepared
                        cloud (num_points from the model card)
@@ -14,8 +16,6 @@ the same model in this process on the same exported graph and thread count (--th
                        the standard library's http.client on one keep-alive connection (a lean client:
                        what a load generator or another service's client costs)
      HTTP points httpx the same request from httpx (this process), the Python client most users have
-     HTTP points worker the same request (http.client) to a second server with RECON_INLINE_MAX_POINTS=0: a
-                       lone request's model call on the batcher's worker thread instead of the event loop
      in-proc mesh      the server's mesh pipeline without HTTP: decode in a Decoder worker process (as the
                        server does) -> prepare (area-weighted surface sample + normalise) -> session.run
      HTTP mesh         POST /v1/classify, multipart upload of a generated mesh: an icosphere subdivided
@@ -23,7 +23,7 @@ the same model in this process on the same exported graph and thread count (--th
    Server overhead for point input = p50(HTTP points) / p50(bare ORT) - 1, in percent (goal <= 10%,
    issue 14). It includes the HTTP client (http.client, this process), parsing, preprocessing and the
    batcher (which waits up to max_wait_ms, default 5 ms, only while other requests are on their way:
-   a lone request goes straight to the model, on the event loop's thread; --max-wait-ms sets the window).
+   a lone request goes straight to the model; --max-wait-ms sets the window).
 2. Throughput of HTTP points at 1, 8 and 32 concurrent clients (--concurrency): each client is a
    thread with its own keep-alive httpx.Client sending requests back to back; requests/s = all
    requests / wall time. Levels are interleaved over --rounds rounds (default 3), about
@@ -36,7 +36,7 @@ Model: --checkpoint, else models/default/recon_default.pt when it exists, else t
 random weights (seed 0, 10 classes); the output says which. The graph is exported into the server's
 ONNX cache (RECON_CACHE_DIR, else ~/.cache/recon-serve/onnx) once; later runs reuse it.
 
-Run:  python bench/bench_server.py [--checkpoint PATH] [--repeats 50] [--threads 2] [--int8]
+Run:  python bench/bench_server.py [--checkpoint PATH] [--repeats 50] [--block 1] [--threads 2] [--int8]
                                    [--max-batch N] [--max-wait-ms MS] [--json bench/results/server.json]
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ import tempfile
 import threading
 import time
 import warnings
-from http.client import HTTPConnection
+from http.client import HTTPConnection, RemoteDisconnected
 from pathlib import Path
 
 import httpx
@@ -178,6 +178,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default=None, help=f"default: {DEFAULT_CHECKPOINT} if it exists, else tiny config")
     ap.add_argument("--repeats", type=int, default=50, help="latency rounds")
+    ap.add_argument("--block", type=int, default=1, help="latency calls in a row per runner and round (1: one call "
+                    "after another runner's; N > 1: one untimed call, then N timed: a steady stream)")
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads, server and in-process alike")
     ap.add_argument("--max-batch", type=int, default=None, help="server RECON_MAX_BATCH (default: the server's, 16)")
     ap.add_argument("--max-wait-ms", type=float, default=None, help="server RECON_MAX_WAIT_MS (default: the server's, 5)")
@@ -237,13 +239,10 @@ def main(argv=None) -> None:
               f"mesh {mesh['faces']:,} faces, {mesh['vertices']:,} vertices, {mesh['bytes'] / 1e6:.1f} MB {mesh['format']}")
 
         server = Server(checkpoint, tmp / "index", cache, tmp / "server.log", ready_timeout=600, **server_env)
-        worker = Server(checkpoint, tmp / "index-worker", cache, tmp / "worker.log", ready_timeout=600,
-                        **{**server_env, "inline_max_points": 0})
         print(f"server: {server.url} (pid {server.pid}), {args.threads} threads, max_batch {max_batch}, "
               f"max_wait_ms {max_wait_ms}; {args.repeats} repeats", flush=True)
         http = httpx.Client(base_url=server.url, timeout=300)
         lean = HTTPConnection("127.0.0.1", server.port, timeout=300)
-        lean_worker = HTTPConnection("127.0.0.1", worker.port, timeout=300)
         decoder = Decoder(settings.decode_limits, workers=settings.decode_workers)
         try:
             served_version = http.get("/v1/models").json()["model_version"]
@@ -258,8 +257,13 @@ def main(argv=None) -> None:
                 return session.run(outputs, {"points": prepare(pts, n_model).points[None]})
 
             def lean_points(conn):
-                conn.request("POST", "/v1/classify", body=body, headers={"content-type": "application/json"})
-                r = conn.getresponse()
+                try:
+                    conn.request("POST", "/v1/classify", body=body, headers={"content-type": "application/json"})
+                    r = conn.getresponse()
+                except (BrokenPipeError, ConnectionResetError, RemoteDisconnected):  # idle past uvicorn's
+                    conn.close()  # keep-alive timeout (5 s; --block turns are long): reconnect, once
+                    conn.request("POST", "/v1/classify", body=body, headers={"content-type": "application/json"})
+                    r = conn.getresponse()
                 data = r.read()
                 if r.status != 200:
                     raise RuntimeError(f"classify (points): {r.status} {data[:300]!r}")
@@ -267,9 +271,6 @@ def main(argv=None) -> None:
 
             def http_points():
                 return lean_points(lean)
-
-            def http_points_worker():
-                return lean_points(lean_worker)
 
             def http_points_httpx():
                 r = http.post("/v1/classify", content=body, headers={"content-type": "application/json"})
@@ -298,24 +299,20 @@ def main(argv=None) -> None:
                 print(f"check: served vs in-process probabilities, max |diff| = {check:.1e}")
 
             runners = {"bare ORT": bare, "in-proc points": inproc_points, "HTTP points": http_points,
-                       "HTTP points httpx": http_points_httpx, "HTTP points worker": http_points_worker, "in-proc mesh": inproc_mesh, "HTTP mesh": http_mesh}
-            lat = {k: latency_stats(v) for k, v in round_robin(runners, args.repeats, warmup=WARMUP).items()}
+                       "HTTP points httpx": http_points_httpx, "in-proc mesh": inproc_mesh, "HTTP mesh": http_mesh}
+            lat = {k: latency_stats(v) for k, v in round_robin(runners, args.repeats, warmup=WARMUP, block=args.block).items()}
             tput = throughput(server.url, body, levels, requests, args.rounds)
         finally:
             http.close()
             lean.close()
-            lean_worker.close()
             decoder.close()
             server.stop()
-            worker.stop()
 
     overhead = (lat["HTTP points"]["p50_ms"] / lat["bare ORT"]["p50_ms"] - 1) * 100
-    overhead_worker = (lat["HTTP points worker"]["p50_ms"] / lat["bare ORT"]["p50_ms"] - 1) * 100
     rows = [("bare ORT", "session.run, batch 1, prepared cloud"),
             ("in-proc points", "JSON parse + prepare + session.run"),
             ("HTTP points", f"POST /v1/classify, JSON {NUM_POINTS} points"),
             ("HTTP points httpx", "the same, from httpx"),
-            ("HTTP points worker", "the same, model call on the worker thread"),
             ("in-proc mesh", "decode (worker) + sample + session.run"),
             ("HTTP mesh", f"POST /v1/classify, {mesh['faces']:,}-face STL upload")]
     print(f"\n{'latency':<20}{'what':<42}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}")
@@ -324,8 +321,7 @@ def main(argv=None) -> None:
         print(f"{key:<20}{what:<42}{s['p50_ms']:9.2f}{s['p95_ms']:9.2f}{s['mean_ms']:9.2f}")
     verdict = "meets" if overhead <= OVERHEAD_GOAL_PCT else "misses"
     print(f"server overhead, point input (p50 HTTP / p50 bare - 1): {overhead:+.1f}%  "
-          f"({verdict} the goal <= {OVERHEAD_GOAL_PCT:.0f}%); with the model call on the worker thread: "
-          f"{overhead_worker:+.1f}%")
+          f"({verdict} the goal <= {OVERHEAD_GOAL_PCT:.0f}%)")
     print(f"\n{'throughput':<16}{'clients':>8}{'requests':>10}{'seconds':>9}{'req/s':>9}{'mean batch':>12}")
     for row in tput.values():
         mb = f"{row['mean_batch']:.1f}" if row["mean_batch"] is not None else "-"
@@ -344,10 +340,10 @@ def main(argv=None) -> None:
               "server": {"backend": "onnxruntime", "threads": args.threads, "max_batch": max_batch,
                          "max_wait_ms": max_wait_ms, "int8": args.int8},
               "inputs": {"points_json": {"points": NUM_POINTS, "bytes": len(body)}, "mesh": mesh},
-              "repeats": args.repeats, "warmup": WARMUP, "served_vs_inprocess_max_prob_diff": check,
+              "repeats": args.repeats, "block": args.block, "warmup": WARMUP, "served_vs_inprocess_max_prob_diff": check,
               "latency": lat,
               "overhead_points_p50_pct": overhead, "overhead_goal_pct": OVERHEAD_GOAL_PCT,
-              "overhead_meets_goal": overhead <= OVERHEAD_GOAL_PCT, "overhead_worker_points_p50_pct": overhead_worker,
+              "overhead_meets_goal": overhead <= OVERHEAD_GOAL_PCT,
               "throughput": {"rounds": args.rounds, "levels": tput}}
     write_result(args.json, result, machine)
 
