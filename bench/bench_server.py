@@ -10,7 +10,7 @@ the same model in this process on the same exported graph and thread count (--th
      bare ORT          session.run on the graph the server runs for classify (the global graph, no part
                        head; int8 with --int8) from its ONNX cache, batch 1, on the already prepared
                        cloud (num_points from the model card)
-     in-proc points    what the server does for a JSON body, in this process: parse_json (the
+     in-proc points    what the server does for a JSON body, in this process: parse_shape_json (the
                        server's parser) -> decode_points_json -> prepare (sample + normalise) -> session.run
      HTTP points       POST /v1/classify, JSON body {"points": 1,024 x 3} (encoded once, before timing), from
                        the standard library's http.client on one keep-alive connection (a lean client:
@@ -200,7 +200,7 @@ def main(argv=None) -> None:
 
     import onnxruntime
 
-    from recon_serve.api.validation import parse_json
+    from recon_serve.api.validation import parse_shape_json
     from recon_serve.backends.ort_backend import export_cached
     from recon_serve.export.onnx import ort_session
     from recon_serve.geometry.decode import Decoder, decode_points_json
@@ -253,7 +253,7 @@ def main(argv=None) -> None:
                 return session.run(outputs, {"points": prepared})
 
             def inproc_points():
-                pts = decode_points_json(parse_json(body)["points"])
+                pts = decode_points_json(parse_shape_json(body)["points"])
                 return session.run(outputs, {"points": prepare(pts, n_model).points[None]})
 
             def lean_points(conn):

@@ -254,3 +254,36 @@ def test_the_fast_parser_keeps_the_standard_parsers_values():
     for bad in (b"{not json", b"[" * 2000 + b"]" * 2000, b'{"s": "\\ud800"}'):
         with pytest.raises(BadRequest):
             parse_json(bad)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"points": [[1,2],[3,4,5,6]]}',  # ragged rows whose counts add up
+    b'{"points": [[1,[2],3]]}',  # nested inside a row
+    b'{"points": [[1,2,3],5,[[1,2],3,4,5]]}',
+    b'{"points": [[1,2,3],[]]}',
+    b'{"points": [[1,2,3]], "labels": ["a[", "b"]}',  # brackets beside the points
+    b'{"points": [[1,2,3]], "k": "\\u005b"}',  # an escape
+    b'{"points": [[1,2,3]], "points": [[4,5,6]]}',  # a duplicate key: the last one counts
+    b'{"points": [[true,2,3]]}', b'{"points": []}', b'{"points": "abc"}', b"[1, 2]",
+    b'{"points": [[123456789012345678901234567890, 2, 3]]}', b'{"points": [[1,2,3]], "k": 9223372036854775808.0}',
+])
+def test_the_point_array_fast_path_gives_what_parse_json_gives(body):
+    """parse_shape_json reads plain [x, y, z] arrays straight into float32; every other body must come
+    out exactly as parse_json reads it (the decoder then accepts or refuses it as before)."""
+    from recon_serve.api.validation import parse_json, parse_shape_json
+
+    assert parse_shape_json(body) == parse_json(body)
+
+
+def test_the_point_array_fast_path_reads_plain_triples_into_float32():
+    from recon_serve.api.validation import parse_json, parse_shape_json
+    from recon_serve.geometry.decode import decode_points_json
+
+    cloud = np.random.default_rng(3).normal(size=(500, 3)) * 1e3
+    body = json.dumps({"points": cloud.tolist(), "k": 3, "metadata": {"a": {"b": 1}}, "up_axis": "y"}).encode()
+    fast, slow = parse_shape_json(body), parse_json(body)
+    assert isinstance(fast["points"], np.ndarray) and fast["points"].dtype == np.float32
+    assert {k: v for k, v in fast.items() if k != "points"} == {k: v for k, v in slow.items() if k != "points"}
+    np.testing.assert_array_equal(decode_points_json(fast["points"]).vertices, decode_points_json(slow["points"]).vertices)
+    huge = parse_shape_json(b'{"points": [[1e39, 0, 0], [1, 2, 3]]}')["points"]  # beyond float32: inf, as before
+    assert isinstance(huge, np.ndarray) and np.isinf(huge[0, 0])

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from recon_serve.api.state import AppState
-from recon_serve.api.validation import as_bool, as_choice, as_int, check_text, parse_json
+from recon_serve.api.validation import as_bool, as_choice, as_int, check_text, parse_shape_json
 from recon_serve.errors import (BadRequest, EmbeddingUnavailable, InvalidPoints, NonFiniteCoordinates, PayloadTooLarge,
                                  UnsupportedFormat)
 from recon_serve.geometry.decode import decode_points_json
@@ -50,7 +50,7 @@ async def read_input(request: Request, state: AppState) -> ShapeInput:
         return await _read_multipart(request, state, query)
     if ctype == "application/json" or (ctype == "" and not await request.body()):
         body = await request.body()
-        payload = parse_json(body) if body else {}
+        payload = parse_shape_json(body) if body else {}
         if not isinstance(payload, dict):
             raise BadRequest("the JSON body must be an object, e.g. {\"points\": [[x, y, z], ...]}")
         return ShapeInput(points=payload.get("points"), fields={**query, **payload})
@@ -104,7 +104,7 @@ async def prepare_input(state: AppState, inp: ShapeInput) -> Prepared:
         with m.time_stage("sample"):
             return prepare(decoded, n, up_axis, normalise, 0, model_up)
 
-    if inp.data is None and isinstance(inp.points, list) and max(len(inp.points), n) <= INLINE_POINTS:
+    if inp.data is None and isinstance(inp.points, (list, np.ndarray)) and max(len(inp.points), n) <= INLINE_POINTS:
         return decode_and_prepare()
     return await run_in_threadpool(decode_and_prepare)
 

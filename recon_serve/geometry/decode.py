@@ -468,7 +468,8 @@ def decode_upload(filename: str, data: bytes, limits: DecodeLimits | None = None
 
 
 def decode_points_json(points, limits: DecodeLimits | None = None) -> Decoded:
-    """A JSON point list [[x, y, z], ...] (already parsed) as a checked point cloud."""
+    """A JSON point list [[x, y, z], ...] (already parsed; an [N, 3] array when parse_shape_json read
+    it straight into one) as a checked point cloud."""
     limits = limits or DecodeLimits()
     if isinstance(points, (str, bytes, dict)) or not hasattr(points, "__len__"):
         raise InvalidPoints("points must be an array of [x, y, z] triples")
@@ -477,14 +478,14 @@ def decode_points_json(points, limits: DecodeLimits | None = None) -> Decoded:
     if len(points) > limits.max_points:
         raise TooManyPoints(f"{len(points):,} points; the limit is {limits.max_points:,}")
     try:
-        arr = np.array(points)
+        arr = np.asarray(points)
     except (ValueError, TypeError, OverflowError):
         arr = None
     if arr is None or arr.dtype.kind not in "iuf" or arr.ndim != 2 or arr.shape[1] != 3:
         shape = "" if arr is None or arr.dtype.kind not in "iuf" else f" (got shape {arr.shape})"
         raise InvalidPoints(f"points must be an array of [x, y, z] triples of numbers{shape}")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
-        pts = arr.astype(np.float32)
+        pts = arr.astype(np.float32, copy=False)
     bad = ~np.isfinite(pts).all(axis=1)
     if bad.any():
         raise NonFiniteCoordinates(f"{int(bad.sum()):,} of {len(pts):,} points have NaN or infinite "
