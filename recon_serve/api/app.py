@@ -3,7 +3,8 @@
 Every error body is {"error": code, "detail": message}: ShapeError subclasses map to their status,
 request validation to 422 `invalid_request`, unknown routes to 404, and anything unexpected to a 500
 `internal_error` whose detail names the request id also written to the log. Every response carries
-X-Request-ID and nosniff, the viewer a CSP; BodyGuard bounds bodies (size, time, origin) before the app.
+X-Request-ID and nosniff, the viewer a CSP; BodyGuard bounds bodies (size, time, origin) before the app;
+ShapeLane serves JSON shape requests without FastAPI's routing (recon_serve/api/lane.py).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from recon_serve.api.lane import ShapeLane
 from recon_serve.api.routes import admin, health, search, shapes
 from recon_serve.api.state import AppState
 from recon_serve.errors import ForbiddenOrigin, PayloadTooLarge, RequestTimeout, ShapeError
@@ -228,10 +230,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="recon-serve", version="1", lifespan=lifespan,
                   description="Classify, segment, embed and search 3D shapes with a ReCon point-cloud model.")
     app.state.recon = state
-    for module in (shapes, search, health, admin):
-        app.include_router(module.router)
+    routers = [module.router for module in (shapes, search, health, admin)]
+    for router in routers:
+        app.include_router(router)
     _install_static(app)
     _install_error_handlers(app)
+    app.add_middleware(ShapeLane, api=app, routers=routers)  # innermost: JSON shape requests skip FastAPI's routing (lane.py)
     app.add_middleware(RequestContext, metrics=state.metrics)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

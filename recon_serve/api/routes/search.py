@@ -2,11 +2,12 @@
 embeddings, pooled from the encoder's geometry; the text field where an index has no shape field)."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from recon_serve.api import schemas
-from recon_serve.api.inputs import read_input, run_shape, shape_vector, text_embedding
+from recon_serve.api.inputs import ShapeInput, run_shape, shape_vector, text_embedding
+from recon_serve.api.lane import shape_route
 from recon_serve.api.state import AppState, get_state, require_embedding, require_read_key
 from recon_serve.api.validation import as_filter, as_int, as_text
 from recon_serve.errors import BadRequest, NotFound
@@ -32,12 +33,11 @@ async def search_text(body: schemas.TextSearchRequest, state: AppState = Depends
     return await _search(state, vector, body.k, as_filter(body.filter))
 
 
-@router.post("/shape", response_model=schemas.SearchResponse, openapi_extra=schemas.shape_body(
+@shape_route(router, "/shape", response_model=schemas.SearchResponse, openapi_extra=schemas.shape_body(
     {"id": {"type": "string", "description": "search with a stored shape instead of an upload"},
      "k": {"type": "integer", "default": 10}, "filter": {"type": "object"}}, json_required=()))
-async def search_shape(request: Request, state: AppState = Depends(get_state)):
+async def search_shape(state: AppState, inp: ShapeInput):
     """Shapes nearest to an uploaded shape, or to a stored one (`id`, which is left out of the hits)."""
-    inp = await read_input(request, state)
     k = as_int(inp.get("k"), "k", 10, 1, MAX_K)
     filter = as_filter(inp.get("filter"))
     shape_id = as_text(inp.get("id"), "id", 512)

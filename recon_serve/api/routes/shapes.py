@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 
 from recon_serve.api import schemas
-from recon_serve.api.inputs import read_input, run_shape, shape_vector, text_embedding, unit
+from recon_serve.api.inputs import ShapeInput, run_shape, shape_vector, text_embedding, unit
+from recon_serve.api.lane import shape_route
 from recon_serve.api.state import AppState, get_state, require_api_key, require_embedding, require_read_key
 from recon_serve.api.validation import as_int, as_labels, as_metadata, as_text
 from recon_serve.calibration import DEFAULT_TEMPERATURE
@@ -20,11 +21,10 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-@router.post("/classify", response_model=schemas.ClassifyResponse, openapi_extra=schemas.shape_body(
+@shape_route(router, "/classify", response_model=schemas.ClassifyResponse, openapi_extra=schemas.shape_body(
     {"k": {"type": "integer", "default": 5, "description": "how many labels"}}))
-async def classify(request: Request, state: AppState = Depends(get_state)):
+async def classify(state: AppState, inp: ShapeInput):
     """Top-k class labels with probabilities."""
-    inp = await read_input(request, state)
     names = state.backend.model_card.get("class_names") or []
     k = as_int(inp.get("k"), "k", min(5, max(1, len(names))), 1, max(1, len(names)))
     _, out = await run_shape(state, inp)
@@ -37,14 +37,13 @@ async def classify(request: Request, state: AppState = Depends(get_state)):
             "model_version": out.backend.version}
 
 
-@router.post("/segment", response_model=schemas.SegmentResponse, openapi_extra=schemas.shape_body(
+@shape_route(router, "/segment", response_model=schemas.SegmentResponse, openapi_extra=schemas.shape_body(
     {"category": {"type": "string", "description": "use this category's parts (default: the most likely)"}}))
-async def segment(request: Request, state: AppState = Depends(get_state)):
+async def segment(state: AppState, inp: ShapeInput):
     """One part label per sampled point, restricted to one category's parts: the one asked for, else the
     classifier's top label when it is a part category, else the category with the most part mass."""
     from recon_serve.evaluate import restrict_to_category
 
-    inp = await read_input(request, state)
     prepared, out = await run_shape(state, inp, parts=True)
     card = out.backend.model_card
     if "part_logits" not in out:
@@ -69,16 +68,15 @@ async def segment(request: Request, state: AppState = Depends(get_state)):
             "part_names": list(names), "category": category, "model_version": out.backend.version}
 
 
-@router.post("/zero-shot", response_model=schemas.ZeroShotResponse, dependencies=[Depends(require_embedding)],
+@shape_route(router, "/zero-shot", response_model=schemas.ZeroShotResponse, dependencies=[Depends(require_embedding)],
              openapi_extra=schemas.shape_body(
     {"labels": {"type": "array", "items": {"type": "string"}, "example": ["chair", "table", "lamp"]}},
     json_required=("points", "labels")))
-async def zero_shot(request: Request, state: AppState = Depends(get_state)):
+async def zero_shot(state: AppState, inp: ShapeInput):
     """Scores for free-text labels: cosine of the text embedding with prompt-ensemble label embeddings;
     probabilities are a softmax over cosine / T, T fitted on validation data (the model card's)."""
     from starlette.concurrency import run_in_threadpool
 
-    inp = await read_input(request, state)
     labels = as_labels(inp.get("labels"), state.text.max_labels)
     _, out = await run_shape(state, inp)
     with state.metrics.time_stage("text"):
@@ -91,11 +89,10 @@ async def zero_shot(request: Request, state: AppState = Depends(get_state)):
             "model_version": out.backend.version}
 
 
-@router.post("/embed", response_model=schemas.EmbedResponse, dependencies=[Depends(require_embedding)],
+@shape_route(router, "/embed", response_model=schemas.EmbedResponse, dependencies=[Depends(require_embedding)],
              openapi_extra=schemas.shape_body())
-async def embed(request: Request, state: AppState = Depends(get_state)):
+async def embed(state: AppState, inp: ShapeInput):
     """Both embeddings of the shape: `embedding` (text-aligned) and `shape_embedding` (geometry), unit length."""
-    inp = await read_input(request, state)
     _, out = await run_shape(state, inp)
     e = text_embedding(out)
     s = unit(out["shape_embedding"]) if "shape_embedding" in out else None
@@ -107,15 +104,14 @@ def _record(rec) -> dict:
     return {"id": rec.id, "metadata": rec.metadata, "model_version": rec.model_version, "added_at": rec.added_at}
 
 
-@router.post("/shapes", status_code=201, response_model=schemas.ShapeRecord,
+@shape_route(router, "/shapes", status_code=201, response_model=schemas.ShapeRecord,
              dependencies=[Depends(require_api_key), Depends(require_embedding)],
              openapi_extra=schemas.shape_body({"id": {"type": "string"}, "metadata": {"type": "object"}},
                                               json_required=("id", "points")))
-async def add_shape(request: Request, state: AppState = Depends(get_state)):
+async def add_shape(state: AppState, inp: ShapeInput):
     """Embed a shape and store it in the index under `id` (replacing any shape with that id)."""
     from starlette.concurrency import run_in_threadpool
 
-    inp = await read_input(request, state)
     shape_id = as_text(inp.get("id"), "id", 512, required=True)
     metadata = as_metadata(inp.get("metadata"))
     _, out = await run_shape(state, inp)
