@@ -12,6 +12,8 @@ environment once, and `replace(**overrides)` applies command-line flags on top.
                             RECON_DECODE_CPU_S, RECON_DECODE_MAX_JOBS, RECON_DECODE_MAX_RSS_MB (the decode pool)
     RECON_MAX_SAMPLE_POINTS largest n_points a request may ask for
     RECON_MAX_BATCH, RECON_MAX_WAIT_MS   request batching
+    RECON_INLINE_MAX_POINTS  a lone request of up to this many points runs its model call on the event
+                            loop, without the two thread hand-offs (default 2048; 0: never)
     RECON_API_KEYS          comma-separated; when set, write endpoints need the X-API-Key header
     RECON_READ_KEYS         comma-separated; when set, reading the library (GET /v1/shapes/..., search)
                             needs X-API-Key too, one of these or of the write keys
@@ -58,6 +60,7 @@ class Settings:
     max_sample_points: int = 16_384
     max_batch: int = 16
     max_wait_ms: float = 5.0
+    inline_max_points: int = 2048
     api_keys: tuple[str, ...] = ()
     read_keys: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
@@ -93,7 +96,7 @@ class Settings:
                             max_faces=self.max_faces, timeout_s=self.decode_timeout_s, cpu_s=self.decode_cpu_s)
 
 
-_INTS = {"max_upload_bytes", "max_points", "max_faces", "decode_workers", "decode_max_jobs", "decode_max_rss_mb", "max_sample_points", "max_batch", "threads"}
+_INTS = {"max_upload_bytes", "max_points", "max_faces", "decode_workers", "decode_max_jobs", "decode_max_rss_mb", "max_sample_points", "max_batch", "inline_max_points", "threads"}
 _FLOATS = {"decode_timeout_s", "decode_cpu_s", "max_wait_ms", "header_timeout_s", "body_timeout_s"}
 _LISTS = {"api_keys", "read_keys", "cors_origins"}
 _BOOLS = {"bf16", "int8"}

@@ -11,10 +11,11 @@ from recon_serve.backends.batcher import Batcher
 
 class Fake:
     def __init__(self):
-        self.calls = []
+        self.calls, self.threads = [], []
 
     def infer(self, points, parts=False):
         self.calls.append((len(points), parts))
+        self.threads.append(threading.get_ident())
         out = {"embedding": points.sum(1)}
         return {**out, "part_logits": points} if parts else out
 
@@ -54,3 +55,32 @@ def test_a_lone_request_does_not_wait_but_one_on_its_way_is_waited_for():
     finally:
         b.close()
     assert fake.calls == [(1, False), (2, False)]  # the second batch held both
+
+
+class InProcess(Fake):
+    runs_in_process = True
+
+
+def test_a_lone_request_runs_on_the_callers_thread_and_any_company_goes_to_the_worker():
+    import asyncio
+
+    fake, remote = InProcess(), Fake()  # Fake has no runs_in_process: a remote backend
+    b = Batcher(fake, max_batch=8, max_wait_ms=50, inline_max_points=16)
+    x = _points(2)
+    caller = threading.get_ident()
+    try:
+        out = asyncio.run(b.infer(x[0], alone=True))
+        np.testing.assert_array_equal(out["embedding"], x[0].sum(0))
+        assert fake.threads == [caller]
+
+        asyncio.run(b.infer(x[0]))  # not alone: the worker
+        with b.on_the_way():  # alone in the server, but another request is on its way to the batcher
+            asyncio.run(b.infer(x[0], alone=True))
+        asyncio.run(b.infer(np.zeros((17, 3), np.float32), alone=True))  # more points than inline_max_points
+        assert caller not in fake.threads[1:] and len(fake.threads) == 4
+
+        b.swap(remote)
+        asyncio.run(b.infer(x[1], alone=True))  # a backend elsewhere never runs on the event loop
+        assert remote.calls == [(1, False)] and remote.threads != [caller]
+    finally:
+        b.close()

@@ -130,6 +130,71 @@ def test_embed_is_unit_and_deterministic(client):
         np.testing.assert_allclose(a[key], b[key], atol=1e-5)
 
 
+def _ply_cloud(path: Path, points: np.ndarray) -> Path:
+    """An ASCII PLY point cloud (vertices only) holding exactly these float32 coordinates."""
+    rows = "\n".join(" ".join(repr(float(c)) for c in p) for p in points)
+    path.write_text(f"ply\nformat ascii 1.0\nelement vertex {len(points)}\nproperty float x\nproperty float y\n"
+                    f"property float z\nend_header\n{rows}\n")
+    return path
+
+
+def _same(a, b, tol: float = 1e-5) -> bool:
+    """Equal JSON values, floats within tol."""
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(a - b) <= tol
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_same(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k], tol) for k in a)
+    return a == b
+
+
+def test_json_lane_and_uploads_agree(client, server, tmp_path):
+    """JSON requests to the shape endpoints are served by ShapeLane, uploads by FastAPI: for the same
+    points both give the same answer, and the lane's answers fit the routes' response models."""
+    from recon_serve.api import schemas
+
+    pts = np.asarray(_cloud(7, N), np.float32)
+    ply = _ply_cloud(tmp_path / "cloud.ply", pts)
+    cases = [(client.classify, {"k": 3}, schemas.ClassifyResponse),
+             (client.segment, {}, schemas.SegmentResponse),
+             (lambda shape, **o: client.zero_shot(shape, ["chair", "table", "lamp"], **o), {}, schemas.ZeroShotResponse),
+             (client.embed, {}, schemas.EmbedResponse),
+             (client.search_shape, {"k": 2}, schemas.SearchResponse)]
+    client.add_shape("lane/a", pts.tolist(), n_points=N)  # JSON: through the lane, 201
+    assert client.get_shape("lane/a")["id"] == "lane/a"
+    for call, options, model in cases:
+        lane, upload = call(pts.tolist(), n_points=N, **options), call(ply, n_points=N, **options)
+        model.model_validate(lane)
+        assert _same(lane, upload), (lane, upload)
+    r = httpx.post(f"{server.url}/v1/classify", json={"points": pts.tolist(), "n_points": N},
+                   headers={"x-request-id": "lane-check"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.headers["x-request-id"] == "lane-check" and r.headers["x-content-type-options"] == "nosniff"
+    assert 'recon_requests_total{method="POST",route="/v1/classify",status="200"}' in client.metrics()
+    r = httpx.get(f"{server.url}/v1/classify")  # other methods: FastAPI's answer
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+    client.delete_shape("lane/a")
+
+
+def test_lane_refuses_dependencies_it_cannot_call():
+    from fastapi import APIRouter, Depends, FastAPI
+
+    from recon_serve.api.lane import ShapeLane, shape_route
+
+    async def needs_more(request, other: int = 0):
+        return None
+
+    router = APIRouter(dependencies=[Depends(needs_more)])
+
+    @shape_route(router, "/x")
+    async def handler(state, inp):
+        return {}
+
+    with pytest.raises(TypeError, match="must take only the request"):
+        ShapeLane(None, FastAPI(), [router])
+
+
 # ------------------------------------------------------------------ user mistakes: 4xx with the error body
 
 @pytest.mark.parametrize("name", ["empty.stl", "empty.obj", "empty.ply", "notenoughindices.obj"])
@@ -215,8 +280,8 @@ def _histogram(text: str, name: str) -> dict[str, float]:
 def test_concurrent_requests_are_batched(client, server):
     before = _histogram(client.metrics(), "recon_batch_size")
 
-    def embed(i):
-        return httpx.post(f"{server.url}/v1/embed", json={"points": _cloud(i), "n_points": N}, timeout=60).status_code
+    def embed(i):  # more points than RECON_INLINE_MAX_POINTS (2,048): never run alone on the event loop
+        return httpx.post(f"{server.url}/v1/embed", json={"points": _cloud(i), "n_points": 4096}, timeout=60).status_code
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(embed, range(8))) == [200] * 8
@@ -237,6 +302,9 @@ def test_api_key_and_index_survive_restart(workdir):
         with ReconClient(s.url) as anon, ReconClient(s.url, api_key="k2") as keyed:
             with pytest.raises(ReconError) as e:
                 anon.add_shape("a", path, n_points=N)
+            assert e.value.status == 401 and e.value.error == "unauthorized"
+            with pytest.raises(ReconError) as e:
+                anon.add_shape("c", _cloud(4), n_points=N)  # JSON: the lane runs the route's key check too
             assert e.value.status == 401 and e.value.error == "unauthorized"
             keyed.add_shape("a", path, metadata={"category": "chair"}, n_points=N)
             keyed.add_shape("b", _cloud(3), metadata={"category": "noise"}, n_points=N)

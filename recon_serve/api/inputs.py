@@ -15,6 +15,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from recon_serve.api.protocol import REQUESTS
 from recon_serve.api.state import AppState
 from recon_serve.api.validation import as_bool, as_choice, as_int, check_text, parse_shape_json
 from recon_serve.errors import (BadRequest, EmbeddingUnavailable, InvalidPoints, NonFiniteCoordinates, PayloadTooLarge,
@@ -33,6 +34,7 @@ class ShapeInput:
     data: bytes | None = None
     points: object = None
     fields: dict = field(default_factory=dict)  # form fields / JSON keys (as sent: typed by validation.py)
+    requests: object = None  # the server's requests in flight, when it says (api/protocol.py)
 
     @property
     def has_shape(self) -> bool:
@@ -46,14 +48,17 @@ async def read_input(request: Request, state: AppState) -> ShapeInput:
     """Parse the body by content type; query parameters fill in options the body does not set."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     query = {check_text(k, "the query string"): check_text(v, "the query string") for k, v in request.query_params.items()}
+    requests = (request.scope.get("extensions") or {}).get(REQUESTS)
     if ctype == "multipart/form-data":
-        return await _read_multipart(request, state, query)
+        inp = await _read_multipart(request, state, query)
+        inp.requests = requests
+        return inp
     if ctype == "application/json" or (ctype == "" and not await request.body()):
         body = await request.body()
         payload = parse_shape_json(body) if body else {}
         if not isinstance(payload, dict):
             raise BadRequest("the JSON body must be an object, e.g. {\"points\": [[x, y, z], ...]}")
-        return ShapeInput(points=payload.get("points"), fields={**query, **payload})
+        return ShapeInput(points=payload.get("points"), fields={**query, **payload}, requests=requests)
     raise UnsupportedFormat(f"content type {ctype or '(none)'!r} is not accepted; send multipart/form-data "
                             f"with a 'file' field, or application/json with 'points'")
 
@@ -109,12 +114,14 @@ async def prepare_input(state: AppState, inp: ShapeInput) -> Prepared:
     return await run_in_threadpool(decode_and_prepare)
 
 
-async def infer(state: AppState, prepared: Prepared, parts: bool = False, ticket=None) -> dict[str, np.ndarray]:
+async def infer(state: AppState, prepared: Prepared, parts: bool = False, ticket=None,
+                alone: bool = False) -> dict[str, np.ndarray]:
     """The model's outputs for one prepared shape (part_logits only with parts=True: the segment
     endpoint); non-finite outputs (coordinates near the float32 limit with normalise=false, say) are
-    the user's 422, never a 200 with null numbers. ticket: from Batcher.on_the_way."""
+    the user's 422, never a 200 with null numbers. ticket: from Batcher.on_the_way; alone: no other
+    request is in the server (see Batcher)."""
     with state.metrics.time_stage("infer"):
-        out = await state.batcher.infer(prepared.points, parts, ticket)
+        out = await state.batcher.infer(prepared.points, parts, ticket, alone)
     bad = [k for k, v in out.items() if not np.all(np.isfinite(v)) or (k in UNIT_OUTPUTS and not np.any(v))]
     if bad:
         raise NonFiniteCoordinates(f"the model gave non-finite (or all-zero) {', '.join(sorted(bad))} for this shape: "
@@ -125,7 +132,8 @@ async def infer(state: AppState, prepared: Prepared, parts: bool = False, ticket
 async def run_shape(state: AppState, inp: ShapeInput, parts: bool = False) -> tuple[Prepared, dict[str, np.ndarray]]:
     with state.batcher.on_the_way() as ticket:  # batches being collected meanwhile wait for this one
         prepared = await prepare_input(state, inp)
-        return prepared, await infer(state, prepared, parts, ticket)
+        alone = inp.requests is not None and len(inp.requests) <= 1  # unknown server: always the batcher
+        return prepared, await infer(state, prepared, parts, ticket, alone)
 
 
 def shape_vector(state: AppState, out) -> np.ndarray | None:

@@ -6,12 +6,18 @@ h11, its pure-Python one, is slower per request) with two guards it lacks.
   cannot hold connections open indefinitely. Bodies have their own deadline (app.BodyGuard).
 - Malformed requests (`Content-Length: abc`, broken chunking) get the API's JSON error shape
   instead of uvicorn's plain-text 400.
+
+It also hands the app the server's set of request tasks (scope["extensions"][REQUESTS]): every request
+whose head has arrived, started or not, so the app can tell a lone request from one with company
+before the others' tasks have run (the batcher runs a lone one on the event loop).
 """
 from __future__ import annotations
 
 import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+REQUESTS = "recon.requests"
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -38,6 +44,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self._reading_head() and not self.transport.is_closing():
             self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {REQUESTS: self.tasks}
 
     def data_received(self, data: bytes) -> None:
         if self._reading_head():

@@ -109,7 +109,8 @@ class AppState:
         except Exception:
             self.close()
             raise
-        self.batcher = Batcher(self.backend, s.max_batch, s.max_wait_ms, on_batch=self.metrics.on_batch)
+        self.batcher = Batcher(self.backend, s.max_batch, s.max_wait_ms, on_batch=self.metrics.on_batch,
+                               inline_max_points=s.inline_max_points)
         self.index = open_index(s.index_dir, self.backend.model_card, self.backend.version)
         self.decoder = Decoder(s.decode_limits, workers=s.decode_workers, max_jobs=s.decode_max_jobs,
                                max_rss_bytes=s.decode_max_rss_mb << 20)

@@ -16,6 +16,7 @@ import numpy as np
 
 class Backend(ABC):
     name: str = "base"
+    runs_in_process: bool = False  # computes in this process (the batcher may call it on the event loop)
     model_card: dict
     version: str
 

@@ -8,6 +8,14 @@ small shapes on CPU, so under load this multiplies throughput. The wait is only 
 their way: a caller holds `on_the_way()` from the start of its decode/sampling to its submit, and
 while no request is on its way a batch runs at once, so a lone request never waits for nobody (at
 most `max_wait_ms` when some are). Callers get a concurrent Future (`submit`) or await `infer`.
+
+A lone request (`infer(..., alone=True)`: the only one in the server, the worker idle, nothing queued
+or on its way) of at most `inline_max_points` points runs on the caller's thread instead, when the
+backend computes in this process: the two thread hand-offs (a wake-up of the worker, then of the event
+loop) cost a request a few tenths of a millisecond on 2 cores (`bench/bench_server.py --compare-inline`
+measures it). The event loop then waits for one batch-1 model call, which any request arriving
+meanwhile would have waited for anyway; requests whose heads arrived meanwhile are not alone, so a
+burst still batches.
 """
 from __future__ import annotations
 
@@ -35,9 +43,11 @@ class Outputs(dict):
 
 class Batcher:
     def __init__(self, backend, max_batch: int = 16, max_wait_ms: float = 5.0,
-                 on_batch: Callable[[int, float], None] | None = None):
-        """on_batch(batch_size, seconds) is called after each inference (for metrics)."""
+                 on_batch: Callable[[int, float], None] | None = None, inline_max_points: int = 0):
+        """on_batch(batch_size, seconds) is called after each inference (for metrics); inline_max_points:
+        the largest lone request run on the caller's thread (0: every request goes to the worker)."""
         self.backend = backend
+        self.inline_max_points = max(0, int(inline_max_points))
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.on_batch = on_batch
@@ -74,8 +84,37 @@ class Batcher:
                 self._coming -= 1
         return future
 
-    async def infer(self, points: np.ndarray, parts: bool = False, ticket: dict | None = None) -> dict[str, np.ndarray]:
+    async def infer(self, points: np.ndarray, parts: bool = False, ticket: dict | None = None,
+                    alone: bool = False) -> dict[str, np.ndarray]:
+        """submit's outputs, awaited; alone=True: the caller's request is the only one in flight."""
+        if alone and len(points) <= self.inline_max_points:
+            out = self._run_inline(points, parts, ticket)
+            if out is not None:
+                return out
         return await asyncio.wrap_future(self.submit(points, parts, ticket))
+
+    def _run_inline(self, points: np.ndarray, parts: bool, ticket: dict | None) -> Outputs | None:
+        """One shape's outputs computed on this thread, or None (submit instead) unless the worker is
+        idle, nothing is queued and no other request is on its way, and the backend runs in-process."""
+        if not getattr(self.backend, "runs_in_process", False):
+            return None  # a remote backend (Triton) would block the event loop on the network
+        with self._lock:
+            mine = ticket is not None and not ticket["submitted"]
+            if not self._queue.empty() or self._coming != int(mine) or not self._using.acquire(blocking=False):
+                return None
+            if mine:
+                ticket["submitted"] = True
+                self._coming -= 1
+        try:
+            backend, t0 = self.backend, time.perf_counter()  # swap() waits for _using: this is the one to use
+            out = backend.infer(np.ascontiguousarray(points, dtype=np.float32)[None], parts=parts)
+        finally:
+            self._using.release()
+        if self.on_batch:
+            self.on_batch(1, time.perf_counter() - t0)
+        item = Outputs({k: v[0] for k, v in out.items()})
+        item.backend = backend
+        return item
 
     def swap(self, backend):
         """Send later batches to `backend`; returns the old one, no longer in use (close it)."""

@@ -96,6 +96,7 @@ class OrtBackend(Backend):
     """`infer(points)` runs the global graph; `infer(points, parts=True)` the parts graph."""
 
     name = "onnxruntime"
+    runs_in_process = True
 
     def __init__(self, checkpoint: str | Path, cache_dir: str | Path, threads: int | None = None, int8: bool = False):
         from recon_serve.export.onnx import global_graph, ort_session, quantize_int8

@@ -18,6 +18,7 @@ from recon_serve.backends.base import Backend, card_from_checkpoint, file_sha256
 
 class TorchBackend(Backend):
     name = "torch"
+    runs_in_process = True
 
     def __init__(self, checkpoint: str | Path, threads: int | None = None, device: str = "cpu", bf16: bool = False):
         from recon_serve.model.factory import create_model
