@@ -8,6 +8,7 @@ ShapeError (4xx), never a 500.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,11 +123,21 @@ async def infer(state: AppState, prepared: Prepared, parts: bool = False, ticket
     request is in the server (see Batcher)."""
     with state.metrics.time_stage("infer"):
         out = await state.batcher.infer(prepared.points, parts, ticket, alone)
-    bad = [k for k, v in out.items() if not np.all(np.isfinite(v)) or (k in UNIT_OUTPUTS and not np.any(v))]
+    bad = [k for k, v in out.items() if _unusable(k, v)]
     if bad:
         raise NonFiniteCoordinates(f"the model gave non-finite (or all-zero) {', '.join(sorted(bad))} for this shape: "
                                    "its coordinates are too large for the model (send normalise=true, or scale the shape)")
     return out
+
+
+def _unusable(name: str, v: np.ndarray) -> bool:
+    """Non-finite, or a unit output that is all zeros: one numpy call per output (a sum of squares
+    for unit vectors, a float64 sum otherwise; inf and NaN propagate), not isfinite + all + any."""
+    if name in UNIT_OUTPUTS:
+        flat = v.reshape(-1)
+        square = float(np.dot(flat, flat))  # a unit vector's components are at most 1: no overflow
+        return not (math.isfinite(square) and square > 0)
+    return not math.isfinite(float(v.sum(dtype=np.float64)))
 
 
 async def run_shape(state: AppState, inp: ShapeInput, parts: bool = False) -> tuple[Prepared, dict[str, np.ndarray]]:

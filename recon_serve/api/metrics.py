@@ -18,6 +18,7 @@ class Metrics:
         self.stage = Histogram("recon_stage_seconds", "time per pipeline stage", ["stage"], buckets=_LATENCY, registry=r)
         self.batch_size = Histogram("recon_batch_size", "shapes per model call", buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.index_size = Gauge("recon_index_shapes", "shapes in the index", registry=r)
+        self._stages = {s: self.stage.labels(s) for s in STAGES}  # labels() takes a lock and builds a key each call
 
     @contextmanager
     def time_stage(self, stage: str):
@@ -25,7 +26,7 @@ class Metrics:
         try:
             yield
         finally:
-            self.stage.labels(stage).observe(time.perf_counter() - t0)
+            self._stages[stage].observe(time.perf_counter() - t0)
 
     def on_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

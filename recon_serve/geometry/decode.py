@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import io
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -484,10 +485,13 @@ def decode_points_json(points, limits: DecodeLimits | None = None) -> Decoded:
     if arr is None or arr.dtype.kind not in "iuf" or arr.ndim != 2 or arr.shape[1] != 3:
         shape = "" if arr is None or arr.dtype.kind not in "iuf" else f" (got shape {arr.shape})"
         raise InvalidPoints(f"points must be an array of [x, y, z] triples of numbers{shape}")
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
-        pts = arr.astype(np.float32, copy=False)
-    bad = ~np.isfinite(pts).all(axis=1)
-    if bad.any():
+    if arr.dtype == np.float32:  # as parse_shape_json reads them
+        pts = arr
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
+            pts = arr.astype(np.float32)
+    if not math.isfinite(float(pts.sum(dtype=np.float64))):  # one reduction; inf and NaN propagate
+        bad = ~np.isfinite(pts).all(axis=1)
         raise NonFiniteCoordinates(f"{int(bad.sum()):,} of {len(pts):,} points have NaN or infinite "
                                    f"coordinates (or values beyond float32 range)")
     return Decoded(pts, None, "json")

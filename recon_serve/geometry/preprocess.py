@@ -13,6 +13,7 @@ one frame serves classification and segmentation.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,12 +32,21 @@ _TO_Z_UP = {
 }
 
 
+def _rotation(src: str, dst: str) -> np.ndarray:
+    r = _TO_Z_UP[dst].T @ _TO_Z_UP[src]
+    r.setflags(write=False)  # shared by every caller
+    return r
+
+
+_ROTATIONS = {(src, dst): _rotation(src, dst) for src in _TO_Z_UP for dst in _TO_Z_UP}
+
+
 def up_rotation(src: str, dst: str = MODEL_UP_AXIS) -> np.ndarray:
-    """[3,3] rotation R taking a `src`-up shape to `dst`-up (apply as points @ R.T)."""
+    """[3,3] rotation R taking a `src`-up shape to `dst`-up (apply as points @ R.T); read-only."""
     for axis in (src, dst):
         if axis not in _TO_Z_UP:
             raise BadRequest(f"up axis must be one of {sorted(_TO_Z_UP)}, not {axis!r}")
-    return _TO_Z_UP[dst].T @ _TO_Z_UP[src]
+    return _ROTATIONS[src, dst]
 
 
 @dataclass(frozen=True)
@@ -68,8 +78,11 @@ def prepare(shape: Decoded | np.ndarray, n_points: int = 1024, up_axis: str = MO
             raise InvalidPoints(f"expected a numeric [N,3] point array, got shape {cloud.shape}")
         if len(cloud) == 0:
             raise EmptyShape("no points given")
-        pts = resample_points(cloud, n_points, seed)
-    if not np.isfinite(pts).all():
+        # n float32 points as they are: normalising copies them anyway, so resampling's copy would be waste
+        keep = normalise and len(cloud) == n_points and cloud.dtype == np.float32
+        pts = cloud if keep else resample_points(cloud, n_points, seed)
+    # one reduction (float64: no overflow from float32 values) instead of isfinite + all: inf and NaN propagate
+    if not math.isfinite(float(pts.sum(dtype=np.float64))):
         raise NonFiniteCoordinates("the shape has NaN or infinite coordinates")
     if up_axis != model_up:  # the identity is skipped: it would change nothing but cost a pass
         pts = (pts.astype(np.float64) @ rotation.T).astype(np.float32)
