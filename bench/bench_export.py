@@ -19,7 +19,7 @@ One run measures three things, all with the same thread count (--threads, defaul
                     tritonserver bundled in nvidia-pytriton and called with tritonclient over HTTP
                     (binary tensors), one request at a time; so it includes HTTP and queueing costs.
    Every runner gets WARMUP untimed calls, then --repeats rounds in which each runner is called once
-   (round-robin, start rotated per round), so machine noise hits all runtimes alike. Reported: median
+   (round-robin, each round in a seeded random order), so machine noise hits all runtimes alike. Reported: median
    and p90 ms per batch, shapes/s (= B / median s), and the ratios issue 14 asks for: ORT global vs
    the reference export at B=16 (goal >= 1.5x), vs eager_paper at B=16 (>= 2x) and B=1 (>= 2.5x);
    also ORT global vs the all-outputs graph (the pruning alone), ORT vs our eager, custom_op/pure.
@@ -51,6 +51,7 @@ import json
 import logging
 import os
 import platform
+import random
 import sys
 import tempfile
 import time
@@ -90,25 +91,29 @@ def write_result(path, result: dict, machine: dict) -> None:
     print(f"\nwrote {out} ({machine['cpu']}, load average {machine['loadavg_start'][0]} -> {machine['loadavg_end'][0]})")
 
 
-def round_robin(runners: dict, repeats: int, warmup: int = WARMUP, block: int = 1) -> dict:
+def round_robin(runners: dict, repeats: int, warmup: int = WARMUP, block: int = 1, seed: int = 0) -> dict:
     """{key: fn} -> {key: [seconds per call]}: `warmup` calls each, then `repeats` rounds calling every
-    fn once, starting each round at the next fn so machine noise hits all of them alike. block > 1:
-    each turn is one untimed call and then `block` timed ones in a row (a steady stream of the same
-    call, caches warm with it, instead of each call after another fn's)."""
+    fn once, each round in a fresh (seeded) random order: machine noise hits all of them alike, and no
+    fn always runs right after the same other one (what ran just before, an in-process model call or
+    an HTTP request, changes how warm the caches and cores are). block > 1: each turn is one untimed
+    call and then `block` timed ones in a row (a steady stream of the same call, caches warm with it,
+    instead of each call after another fn's)."""
     for fn in runners.values():
         for _ in range(warmup):
             fn()
     keys = list(runners)
     times = {k: [] for k in keys}
-    for r in range(repeats):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+    order = random.Random(seed)
+    for _ in range(repeats):
+        order.shuffle(keys)
+        for k in keys:
             if block > 1:
                 runners[k]()
             for _ in range(block):
                 t0 = time.perf_counter()
                 runners[k]()
                 times[k].append(time.perf_counter() - t0)
-    return times
+    return {k: times[k] for k in runners}
 
 
 def stats(seconds: list[float], batch: int) -> dict:

@@ -3,27 +3,32 @@
 One run, one server (`recon-serve serve`, ORT backend, started on a free port like the tests do),
 the same model in this process on the same exported graph and thread count (--threads, default 2):
 
-1. Latency, round-robin after warm-up (every runner called once per round, start rotated per
-   round, so machine noise hits all alike), --repeats rounds; with --block N each runner's turn is
-   one untimed call and N timed ones in a row (a steady stream of one kind of request, rather than
-   each call right after another runner's); p50 / p95 / mean ms of
+1. Latency, round-robin after warm-up (every runner called once per round, each round in a seeded
+   random order, so machine noise hits all alike and no runner always follows the same one),
+   --repeats rounds; with --block N each runner's turn is one untimed call and N timed ones in a
+   row (a steady stream of one kind of request, rather than each call right after another
+   runner's); p50 / p95 / mean ms of
      bare ORT          session.run on the graph the server runs for classify (the global graph, no part
                        head; int8 with --int8) from its ONNX cache, batch 1, on the already prepared
                        cloud (num_points from the model card)
      in-proc points    what the server does for a JSON body, in this process: parse_shape_json (the
                        server's parser) -> decode_points_json -> prepare (sample + normalise) -> session.run
-     HTTP points       POST /v1/classify, JSON body {"points": 1,024 x 3} (encoded once, before timing), from
-                       the standard library's http.client on one keep-alive connection (a lean client:
-                       what a load generator or another service's client costs)
+     HTTP points       POST /v1/classify, JSON body {"points": 1,024 x 3} (encoded once, before timing),
+                       from RawClient: HTTP/1.1 on one keep-alive socket, the request's bytes built once,
+                       the response read by its Content-Length (what a load generator such as wrk does)
+     HTTP points http.client   the same request from the standard library's http.client
      HTTP points httpx the same request from httpx (this process), the Python client most users have
+     HTTP points, no inline    with --compare-inline: the same request (RawClient) to a second server
+                       started with RECON_INLINE_MAX_POINTS=0, whose model calls all run on the batcher's
+                       worker thread (the default server runs a lone request's call on its event loop)
      in-proc mesh      the server's mesh pipeline without HTTP: decode in a Decoder worker process (as the
                        server does) -> prepare (area-weighted surface sample + normalise) -> session.run
      HTTP mesh         POST /v1/classify, multipart upload of a generated mesh: an icosphere subdivided
                        to 81,920 faces (--subdivisions 6; 7 gives 327,680), bumped, binary STL
    Server overhead for point input = p50(HTTP points) / p50(bare ORT) - 1, in percent (goal <= 10%,
-   issue 14). It includes the HTTP client (http.client, this process), parsing, preprocessing and the
-   batcher (which waits up to max_wait_ms, default 5 ms, only while other requests are on their way:
-   a lone request goes straight to the model; --max-wait-ms sets the window).
+   issue 14). It includes the client (RawClient, this process), the kernel's loopback, parsing,
+   preprocessing and the batcher (which waits up to max_wait_ms, default 5 ms, only while other
+   requests are on their way: a lone request goes straight to the model; --max-wait-ms sets the window).
 2. Throughput of HTTP points at 1, 8 and 32 concurrent clients (--concurrency): each client is a
    thread with its own keep-alive httpx.Client sending requests back to back; requests/s = all
    requests / wall time. Levels are interleaved over --rounds rounds (default 3), about
@@ -37,7 +42,8 @@ random weights (seed 0, 10 classes); the output says which. The graph is exporte
 ONNX cache (RECON_CACHE_DIR, else ~/.cache/recon-serve/onnx) once; later runs reuse it.
 
 Run:  python bench/bench_server.py [--checkpoint PATH] [--repeats 50] [--block 1] [--threads 2] [--int8]
-                                   [--max-batch N] [--max-wait-ms MS] [--json bench/results/server.json]
+                                   [--compare-inline] [--max-batch N] [--max-wait-ms MS]
+                                   [--json bench/results/server.json]
 """
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ import logging
 import math
 import os
 import platform
+import socket
 import sys
 import tempfile
 import threading
@@ -107,6 +114,58 @@ def make_mesh(path: Path, subdivisions: int) -> dict:
 
 
 # ---- timing -------------------------------------------------------------------------------------
+class RawClient:
+    """HTTP/1.1 on one keep-alive socket, the way a load generator (wrk, ab) drives a server: the
+    request's bytes built once, then per call one send, the status line and headers up to the blank
+    line, and Content-Length bytes of body. It leaves out what http.client adds in Python per
+    response (header objects, a buffered reader), so the overhead measured is the server's."""
+
+    def __init__(self, port: int, path: str, body: bytes, content_type: str = "application/json"):
+        self.port = port
+        self.request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        self.sock = None
+
+    def _connect(self) -> None:
+        self.close()
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=300)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def call(self) -> tuple[int, bytes]:
+        """(status, body); reconnects once when uvicorn closed the idle connection (5 s keep-alive)."""
+        if self.sock is None:
+            self._connect()
+        try:
+            return self._exchange()
+        except ConnectionError:
+            self._connect()
+            return self._exchange()
+
+    def _exchange(self) -> tuple[int, bytes]:
+        self.sock.sendall(self.request)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("the server closed the connection")
+            buf += chunk
+        head, _, body = buf.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        fields = dict(line.split(b":", 1) for line in lines[1:])
+        length = int(next(v for k, v in fields.items() if k.strip().lower() == b"content-length"))
+        while len(body) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("the server closed the connection mid-body")
+            body += chunk
+        return int(lines[0].split()[1]), body
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
 def latency_stats(seconds: list[float]) -> dict:
     t = np.array(seconds) * 1e3
     return {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95)),
@@ -183,6 +242,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads, server and in-process alike")
     ap.add_argument("--max-batch", type=int, default=None, help="server RECON_MAX_BATCH (default: the server's, 16)")
     ap.add_argument("--max-wait-ms", type=float, default=None, help="server RECON_MAX_WAIT_MS (default: the server's, 5)")
+    ap.add_argument("--compare-inline", action="store_true",
+                    help="a second server with RECON_INLINE_MAX_POINTS=0 (every model call on the batcher's worker)")
     ap.add_argument("--int8", action="store_true", help="server RECON_INT8=1, bare ORT on the same int8 graph")
     ap.add_argument("--subdivisions", type=int, default=6, help="icosphere subdivisions: faces = 20 * 4**s")
     ap.add_argument("--concurrency", default="1,8,32", help="client counts for the throughput runs")
@@ -242,7 +303,11 @@ def main(argv=None) -> None:
         print(f"server: {server.url} (pid {server.pid}), {args.threads} threads, max_batch {max_batch}, "
               f"max_wait_ms {max_wait_ms}; {args.repeats} repeats", flush=True)
         http = httpx.Client(base_url=server.url, timeout=300)
-        lean = HTTPConnection("127.0.0.1", server.port, timeout=300)
+        raw = RawClient(server.port, "/v1/classify", body)
+        worker_server = (Server(checkpoint, tmp / "index-worker", cache, tmp / "server-worker.log", ready_timeout=600,
+                                inline_max_points=0, **server_env) if args.compare_inline else None)
+        raw_worker = RawClient(worker_server.port, "/v1/classify", body) if worker_server else None
+        stdlib = HTTPConnection("127.0.0.1", server.port, timeout=300)
         decoder = Decoder(settings.decode_limits, workers=settings.decode_workers)
         try:
             served_version = http.get("/v1/models").json()["model_version"]
@@ -256,7 +321,7 @@ def main(argv=None) -> None:
                 pts = decode_points_json(parse_shape_json(body)["points"])
                 return session.run(outputs, {"points": prepare(pts, n_model).points[None]})
 
-            def lean_points(conn):
+            def stdlib_points(conn):
                 try:
                     conn.request("POST", "/v1/classify", body=body, headers={"content-type": "application/json"})
                     r = conn.getresponse()
@@ -270,7 +335,19 @@ def main(argv=None) -> None:
                 return json.loads(data)
 
             def http_points():
-                return lean_points(lean)
+                status, data = raw.call()
+                if status != 200:
+                    raise RuntimeError(f"classify (points, raw socket): {status} {data[:300]!r}")
+                return json.loads(data)
+
+            def http_points_worker():
+                status, data = raw_worker.call()
+                if status != 200:
+                    raise RuntimeError(f"classify (points, no-inline server): {status} {data[:300]!r}")
+                return json.loads(data)
+
+            def http_points_stdlib():
+                return stdlib_points(stdlib)
 
             def http_points_httpx():
                 r = http.post("/v1/classify", content=body, headers={"content-type": "application/json"})
@@ -299,29 +376,42 @@ def main(argv=None) -> None:
                 print(f"check: served vs in-process probabilities, max |diff| = {check:.1e}")
 
             runners = {"bare ORT": bare, "in-proc points": inproc_points, "HTTP points": http_points,
-                       "HTTP points httpx": http_points_httpx, "in-proc mesh": inproc_mesh, "HTTP mesh": http_mesh}
+                       "HTTP points http.client": http_points_stdlib, "HTTP points httpx": http_points_httpx, "in-proc mesh": inproc_mesh, "HTTP mesh": http_mesh}
+            if worker_server:
+                runners["HTTP points, no inline"] = http_points_worker
             lat = {k: latency_stats(v) for k, v in round_robin(runners, args.repeats, warmup=WARMUP, block=args.block).items()}
             tput = throughput(server.url, body, levels, requests, args.rounds)
         finally:
             http.close()
-            lean.close()
+            raw.close()
+            stdlib.close()
             decoder.close()
             server.stop()
+            if worker_server:
+                raw_worker.close()
+                worker_server.stop()
 
     overhead = (lat["HTTP points"]["p50_ms"] / lat["bare ORT"]["p50_ms"] - 1) * 100
     rows = [("bare ORT", "session.run, batch 1, prepared cloud"),
             ("in-proc points", "JSON parse + prepare + session.run"),
             ("HTTP points", f"POST /v1/classify, JSON {NUM_POINTS} points"),
+            ("HTTP points http.client", "the same, from http.client"),
             ("HTTP points httpx", "the same, from httpx"),
             ("in-proc mesh", "decode (worker) + sample + session.run"),
             ("HTTP mesh", f"POST /v1/classify, {mesh['faces']:,}-face STL upload")]
-    print(f"\n{'latency':<20}{'what':<42}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}")
+    if "HTTP points, no inline" in lat:
+        rows.insert(3, ("HTTP points, no inline", "the same, server with RECON_INLINE_MAX_POINTS=0"))
+    print(f"\n{'latency':<26}{'what':<42}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}")
     for key, what in rows:
         s = lat[key]
-        print(f"{key:<20}{what:<42}{s['p50_ms']:9.2f}{s['p95_ms']:9.2f}{s['mean_ms']:9.2f}")
+        print(f"{key:<26}{what:<42}{s['p50_ms']:9.2f}{s['p95_ms']:9.2f}{s['mean_ms']:9.2f}")
     verdict = "meets" if overhead <= OVERHEAD_GOAL_PCT else "misses"
     print(f"server overhead, point input (p50 HTTP / p50 bare - 1): {overhead:+.1f}%  "
           f"({verdict} the goal <= {OVERHEAD_GOAL_PCT:.0f}%)")
+    overhead_worker = None
+    if "HTTP points, no inline" in lat:
+        overhead_worker = (lat["HTTP points, no inline"]["p50_ms"] / lat["bare ORT"]["p50_ms"] - 1) * 100
+        print(f"the same without the inline model call (RECON_INLINE_MAX_POINTS=0): {overhead_worker:+.1f}%")
     print(f"\n{'throughput':<16}{'clients':>8}{'requests':>10}{'seconds':>9}{'req/s':>9}{'mean batch':>12}")
     for row in tput.values():
         mb = f"{row['mean_batch']:.1f}" if row["mean_batch"] is not None else "-"
@@ -344,6 +434,7 @@ def main(argv=None) -> None:
               "latency": lat,
               "overhead_points_p50_pct": overhead, "overhead_goal_pct": OVERHEAD_GOAL_PCT,
               "overhead_meets_goal": overhead <= OVERHEAD_GOAL_PCT,
+              "overhead_points_no_inline_p50_pct": overhead_worker,
               "throughput": {"rounds": args.rounds, "levels": tput}}
     write_result(args.json, result, machine)
 
