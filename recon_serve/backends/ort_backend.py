@@ -25,6 +25,9 @@ import numpy as np
 from recon_serve.backends.base import Backend, card_from_checkpoint, file_sha256, version_of
 
 GRAPHS = ("parts", "global", "global-int8")  # cache entries, each derived from the one before
+# Part of the cache key: bump it when the exporter writes a different graph for the same checkpoint,
+# so cached graphs from older code are exported again rather than served (2: attention as softmax(q k^T) v).
+EXPORT_FORMAT = 2
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +50,14 @@ def _version_dir(path: Path) -> Path:
 
 def export_cached(checkpoint: Path, cache_dir: Path, graph: str = "global") -> Path:
     """Directory with model.onnx + model_card.json of `graph` (one of GRAPHS) for `checkpoint`,
-    exported on first use only; the key is the checkpoint's sha256 prefix and the graph."""
+    exported on first use only; the key is the checkpoint's sha256 prefix, EXPORT_FORMAT and the graph."""
     from recon_serve.export.onnx import export_onnx, global_graph, quantize_int8
 
     if graph not in GRAPHS:
         raise ValueError(f"graph must be one of {GRAPHS}, not {graph!r}")
     sha = file_sha256(checkpoint)
-    out = cache_dir / f"{sha[:16]}.{graph}"
+    key = f"{sha[:16]}-e{EXPORT_FORMAT}"
+    out = cache_dir / f"{key}.{graph}"
     if (out / "model_card.json").is_file() and (out / "model.onnx").is_file():
         return out
     if graph == "parts":
@@ -76,7 +80,7 @@ def export_cached(checkpoint: Path, cache_dir: Path, graph: str = "global") -> P
         def write(dst):
             derive(src / "model.onnx", dst)
     card["onnx"]["graph"] = graph
-    tmp = cache_dir / f".{sha[:16]}.{graph}.{os.getpid()}.tmp"
+    tmp = cache_dir / f".{key}.{graph}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

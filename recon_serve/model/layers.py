@@ -31,6 +31,16 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v. Exported to ONNX as those three ops with the scale a constant
+    (the head size is fixed): the exporter's decomposition of scaled_dot_product_attention computes
+    the scale from the runtime shape in each of the model's attentions, a few dozen tiny nodes in all
+    that cost a batch-1 call more than their arithmetic."""
+    if torch.onnx.is_in_onnx_export():
+        return torch.softmax((q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5), dim=-1) @ v
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention (no qkv bias, as the paper)."""
 
@@ -43,7 +53,7 @@ class Attention(nn.Module):
     def forward(self, x):
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attend(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
@@ -63,7 +73,7 @@ class CrossAttention(nn.Module):
         h = self.heads
         q = self.q(x).reshape(B, M, h, C // h).transpose(1, 2)
         k, v = self.kv(y).reshape(B, N, 2, h, C // h).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attend(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, M, C))
 
 
